@@ -1,1 +1,22 @@
-fn main() {}
+//! `exorelay`: an SMTP relay from the LAN to Exchange Online. This file only parses the command
+//! line, sets up logging and hands over to the subcommand in [`cli`].
+
+mod cli;
+mod config;
+mod inbound;
+mod policy;
+mod tls;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_logging(args.verbose);
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("exorelay: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The command line: one subcommand per job, each with `--help` and an example.
+
+mod config_check;
+mod demo;
+mod queue;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// exorelay — relay mail from LAN systems to Exchange Online, safely and explainably.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// Log more (debug level).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay daemon.
+    ///
+    /// Example: exorelay serve --config /etc/exorelay/relay.toml
+    Serve {
+        /// The configuration file.
+        #[arg(short, long, default_value = "/etc/exorelay/relay.toml")]
+        config: PathBuf,
+    },
+    /// Run the relay on 127.0.0.1:2525 with a built-in configuration and a temporary spool.
+    ///
+    /// Example: exorelay demo
+    Demo,
+    /// Check a configuration file and print the effective configuration.
+    ///
+    /// Example: exorelay config check /etc/exorelay/relay.toml
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Inspect the queue.
+    ///
+    /// Example: exorelay queue list --config /etc/exorelay/relay.toml
+    Queue {
+        /// The configuration file naming the spool directory.
+        #[arg(short, long, default_value = "/etc/exorelay/relay.toml", global = true)]
+        config: PathBuf,
+        /// The spool directory (instead of reading it from the configuration).
+        #[arg(long, global = true)]
+        spool: Option<PathBuf>,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate FILE; errors name the line and field.
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// One line per queued message: id, age, size, sender, recipients, state.
+    List,
+    /// Everything known about one message: envelope, per-recipient state, last replies.
+    Show {
+        /// The queue id (as printed by `queue list` and in the 250 reply).
+        id: String,
+    },
+}
+
+/// Sets up `tracing` to standard error.
+pub fn init_logging(verbose: bool) {
+    let level = if verbose {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => serve::run(&config),
+        Command::Demo => demo::run(),
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => config_check::run(&file),
+        Command::Queue {
+            config,
+            spool,
+            action,
+        } => {
+            let dir = queue::spool_dir(&config, spool)?;
+            match action {
+                QueueAction::List => queue::list(&dir),
+                QueueAction::Show { id } => queue::show(&dir, &id),
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! `exorelay serve`: load the configuration, open (and recover) the spool, listen, and run until
+//! SIGTERM or SIGINT.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::inbound::{listener, session::ConnectionContext};
+
+/// How long open sessions may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs the daemon with the configuration in `path`.
+pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    serve(config)
+}
+
+/// Runs the daemon with a validated configuration until a shutdown signal.
+pub fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve_async(config))
+}
+
+async fn serve_async(config: Config) -> anyhow::Result<ExitCode> {
+    info!("{config}");
+    let (spool, report) = spool::Spool::open(&config.queue.dir, spool::SpoolOptions::default())
+        .with_context(|| format!("cannot open the spool {}", config.queue.dir.display()))?;
+    for path in &report.removed_incomplete {
+        info!("recovery: removed incomplete {}", path.display());
+    }
+    for (path, reason) in &report.quarantined {
+        warn!("recovery: quarantined {}: {reason}", path.display());
+    }
+    info!(
+        queued = report.queued.len(),
+        held = report.held.len(),
+        "spool {} ready",
+        config.queue.dir.display()
+    );
+    let listeners = listener::bind(&config.server.listen)?;
+    for l in &listeners {
+        if let Ok(addr) = l.local_addr() {
+            info!("listening on {addr}");
+        }
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(ConnectionContext {
+        config: Arc::new(config),
+        spool,
+    });
+    let server = tokio::spawn(listener::run(listeners, ctx, stopped, SHUTDOWN_GRACE));
+    shutdown_signal().await?;
+    let _ = stop.send(true);
+    server.await.context("listener task failed")?;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}

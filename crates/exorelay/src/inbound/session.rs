@@ -1,0 +1,313 @@
+//! Drives one inbound SMTP connection: reads the socket into a buffer, lets the pure
+//! `smtp::Session` decide, and performs what it asks — write a reply, upgrade to TLS, stream a
+//! message into the spool, make it durable, close. Deadlines (per command, per DATA transfer,
+//! per session) are enforced here, as deadlines rather than per-read timeouts, so a client
+//! trickling one byte at a time cannot hold a session open (RFC 5321 §4.5.3.2).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use smtp::{Output, Reply, Session, Transaction};
+use spool::{Durable, Envelope, MessageWriter, Spool};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, timeout_at};
+use tracing::{debug, info, warn};
+
+use crate::config::{ClientRule, Config};
+use crate::inbound::received::received_header;
+use crate::policy::relay::RelayPolicy;
+
+/// Bytes read from the socket per read call; the input buffer never grows far beyond it.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What a connection needs from the daemon.
+pub struct ConnectionContext {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The spool messages are committed to.
+    pub spool: Spool,
+}
+
+/// Why the driver loop stopped.
+enum Exit {
+    /// The session is over; the connection can be closed.
+    Closed,
+    /// The client asked for TLS and the session agreed: the stream must be upgraded.
+    StartTls,
+}
+
+/// A message being received: its transaction and where its content goes.
+struct OpenMessage {
+    transaction: Transaction,
+    writer: MessageWriter,
+    /// Set when writing content failed; the message is then refused with 451 at its end.
+    write_failed: bool,
+}
+
+/// Per-connection facts used in logs, the `Received:` header and the envelope.
+struct Peer<'a> {
+    addr: SocketAddr,
+    rule: &'a ClientRule,
+    session_id: u64,
+}
+
+/// Serves one connection from a client covered by `rule`, from greeting to close.
+pub async fn serve<S>(
+    mut stream: S,
+    addr: SocketAddr,
+    rule: &ClientRule,
+    session_id: u64,
+    ctx: &ConnectionContext,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let server = &ctx.config.server;
+    let mut session = Session::new(session_config(&ctx.config, false));
+    let peer = Peer {
+        addr,
+        rule,
+        session_id,
+    };
+    let session_deadline = Instant::now() + server.session_timeout;
+    let mut input = Vec::with_capacity(READ_CHUNK);
+    write_reply(&mut stream, &session.greeting()).await?;
+    match drive(&mut stream, &mut session, &mut input, &peer, ctx, session_deadline).await? {
+        Exit::Closed => return stream.shutdown().await,
+        Exit::StartTls => {}
+    }
+    let Some(tls) = server.tls.clone() else {
+        return Ok(());
+    };
+    write_reply(&mut stream, &Reply::ready_for_tls()).await?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let handshake = timeout_at(
+        Instant::now() + server.command_timeout,
+        acceptor.accept(stream),
+    );
+    let mut tls_stream = match handshake.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            info!(session = session_id, client = %addr, "TLS handshake failed: {e}");
+            return Ok(());
+        }
+        Err(_) => {
+            info!(session = session_id, client = %addr, "TLS handshake timed out");
+            return Ok(());
+        }
+    };
+    // Nothing read before the handshake may be used after it (RFC 3207 §4.2; the session only
+    // agreed to STARTTLS with an empty buffer, this keeps it that way).
+    input.clear();
+    session.tls_established();
+    drive(&mut tls_stream, &mut session, &mut input, &peer, ctx, session_deadline).await?;
+    tls_stream.shutdown().await
+}
+
+/// The session limits for the pure state machine.
+fn session_config(config: &Config, tls_active: bool) -> smtp::ServerConfig {
+    let s = &config.server;
+    smtp::ServerConfig {
+        hostname: s.hostname.clone(),
+        max_message_size: s.max_message_size,
+        max_recipients: s.max_recipients,
+        starttls_offered: s.tls.is_some() && !tls_active,
+        max_errors: s.max_errors,
+        max_junk_commands: 100,
+        max_received_headers: s.max_received_headers,
+        auth_offered: false,
+    }
+}
+
+/// Runs the session over `stream` until it closes or asks for TLS.
+async fn drive<S>(
+    stream: &mut S,
+    session: &mut Session,
+    input: &mut Vec<u8>,
+    peer: &Peer<'_>,
+    ctx: &ConnectionContext,
+    session_deadline: Instant,
+) -> std::io::Result<Exit>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let server = &ctx.config.server;
+    let mut policy = RelayPolicy::new(peer.rule);
+    let mut open: Option<OpenMessage> = None;
+    let mut deadline = (Instant::now() + server.command_timeout).min(session_deadline);
+    loop {
+        match session.step(input, &mut policy) {
+            Output::Send(reply) => {
+                log_refusal(peer, &reply);
+                write_reply(stream, &reply).await?;
+                if open.is_none() {
+                    deadline = (Instant::now() + server.command_timeout).min(session_deadline);
+                }
+            }
+            Output::NeedInput => {
+                if !read_more(stream, input, deadline).await? {
+                    if deadline_passed(deadline) {
+                        let reply = session.timed_out();
+                        info!(session = peer.session_id, client = %peer.addr, "timeout: {reply}");
+                        write_reply(stream, &reply).await?;
+                    } else if open.is_some() {
+                        info!(session = peer.session_id, client = %peer.addr, "connection lost during message transfer; partial message discarded");
+                    }
+                    return Ok(Exit::Closed);
+                }
+            }
+            Output::StartTls => return Ok(Exit::StartTls),
+            Output::MessageBegin(transaction) => {
+                deadline = (Instant::now() + server.data_timeout).min(session_deadline);
+                open = begin_message(transaction, peer, ctx)
+                    .inspect_err(|e| warn!(session = peer.session_id, "cannot open spool file: {e}"))
+                    .ok();
+            }
+            Output::MessageContent(bytes) => {
+                if let Some(message) = open.as_mut().filter(|m| !m.write_failed) {
+                    if let Err(e) = message.writer.write_all(&bytes) {
+                        warn!(session = peer.session_id, "spool write failed: {e}");
+                        message.write_failed = true;
+                    }
+                }
+            }
+            Output::MessageEnd => {
+                let result = match open.take() {
+                    Some(message) if !message.write_failed => store(message, peer, ctx).await,
+                    _ => Err(Reply::storage_failed()),
+                };
+                session.message_stored(result);
+            }
+            Output::MessageAbort => {
+                open = None;
+            }
+            Output::Close => return Ok(Exit::Closed),
+        }
+    }
+}
+
+fn deadline_passed(deadline: Instant) -> bool {
+    Instant::now() >= deadline
+}
+
+/// Reads more input before `deadline`. `Ok(false)` means the peer closed or the deadline passed.
+async fn read_more<S>(stream: &mut S, input: &mut Vec<u8>, deadline: Instant) -> std::io::Result<bool>
+where
+    S: AsyncRead + Unpin,
+{
+    let start = input.len();
+    input.resize(start + READ_CHUNK, 0);
+    let read = timeout_at(deadline, stream.read(&mut input[start..])).await;
+    let n = match read {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            input.truncate(start);
+            return Err(e);
+        }
+        Err(_) => 0,
+    };
+    input.truncate(start + n);
+    Ok(n > 0)
+}
+
+async fn write_reply<S>(stream: &mut S, reply: &Reply) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    stream.write_all(&reply.to_bytes()).await?;
+    stream.flush().await
+}
+
+fn log_refusal(peer: &Peer<'_>, reply: &Reply) {
+    if reply.is_permanent() || reply.is_transient() {
+        info!(
+            session = peer.session_id,
+            client = %peer.addr,
+            rule = %peer.rule.name,
+            "refused: {reply}"
+        );
+    }
+}
+
+/// Opens a spool writer and writes our `Received:` trace header first (RFC 5321 §4.4).
+fn begin_message(
+    transaction: Transaction,
+    peer: &Peer<'_>,
+    ctx: &ConnectionContext,
+) -> std::io::Result<OpenMessage> {
+    let mut writer = ctx.spool.create().map_err(std::io::Error::other)?;
+    let header = received_header(
+        &transaction,
+        peer.addr.ip(),
+        &ctx.config.server.hostname,
+        &writer.id().to_string(),
+        now_unix(),
+    );
+    writer.write_all(header.as_bytes())?;
+    Ok(OpenMessage {
+        transaction,
+        writer,
+        write_failed: false,
+    })
+}
+
+/// Makes the message durable; only then is a 250 built.
+async fn store(message: OpenMessage, peer: &Peer<'_>, ctx: &ConnectionContext) -> Result<Reply, Reply> {
+    let envelope = envelope_for(&message, peer);
+    let recipients = envelope.recipients.len();
+    let size = message.writer.bytes_written();
+    match ctx.spool.commit(message.writer, envelope).await {
+        Ok(durable) => {
+            info!(
+                session = peer.session_id,
+                client = %peer.addr,
+                rule = %peer.rule.name,
+                id = %durable.id(),
+                size,
+                recipients,
+                "queued"
+            );
+            Ok(accepted(durable))
+        }
+        Err(e) => {
+            warn!(session = peer.session_id, client = %peer.addr, "spool commit failed: {e}");
+            Err(Reply::storage_failed())
+        }
+    }
+}
+
+/// The 250 to end-of-data. It takes the spool's proof by value, so it cannot be built for a
+/// message that is not on disk.
+fn accepted(durable: Durable) -> Reply {
+    Reply::queued(&durable.id().to_string())
+}
+
+fn envelope_for(message: &OpenMessage, peer: &Peer<'_>) -> Envelope {
+    let t = &message.transaction;
+    let now = now_unix();
+    let mut envelope = Envelope::new(message.writer.id(), now);
+    envelope.client_ip = crate::config::canonical_ip(peer.addr.ip()).to_string();
+    envelope.client_name = peer.rule.name.clone();
+    envelope.helo = t.helo.clone();
+    envelope.tls = t.tls;
+    envelope.mail_from = t.mail_from.to_string();
+    envelope.params = crate::inbound::convert::mail_parameters(&t.mail_params);
+    envelope.recipients = t
+        .recipients
+        .iter()
+        .map(|(to, params)| crate::inbound::convert::recipient(to, params))
+        .collect();
+    envelope.size = message.writer.bytes_written();
+    envelope.next_attempt = now;
+    debug!(session = peer.session_id, id = %envelope.id, "envelope built");
+    envelope
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

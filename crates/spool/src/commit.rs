@@ -1,0 +1,514 @@
+//! Writing a new message and making it durable: the writer, the group committer and the
+//! [`Durable`] proof.
+//!
+//! A connection task streams content into a [`MessageWriter`] (`tmp/ID.msg`, through a bounded
+//! buffer), then calls `Spool::commit`, which writes `tmp/ID.env` and hands both files to
+//! the committer thread. The committer takes every request waiting (up to `max_batch`),
+//! fsyncs each file, renames the `.msg` and then the `.env` into `queue/`, fsyncs `queue/`
+//! **once** for the whole batch, and only then answers each waiter with a [`Durable`].
+//! Concurrent messages thus share the directory sync, the costly part of a durable write.
+//!
+//! `Durable` has a private field and is built only here, after that sync; the daemon's
+//! function that writes the 250 takes one, so "250 means durable" is checked by the compiler.
+//! On any failure the waiter gets an `Err` (the daemon answers 451) and the message's files
+//! are removed, from `queue/` too if they had got there.
+//!
+//! Scheduling deliveries is the queue manager's job; this module ends at "it is on disk".
+
+use std::fs::File;
+use std::future::Future;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+
+use crate::disk::{self, Disk, ENV_EXT, Layout, MSG_EXT, RemoveOnDrop, Step};
+use crate::envelope::ENVELOPE_VERSION;
+use crate::{Envelope, Error, QueueId};
+
+/// Capacity of a writer's buffer: content reaches the file in chunks of at most this size,
+/// so a 35 MiB message never sits in memory.
+pub const WRITE_BUFFER: usize = 64 * 1024;
+
+/// Proof that a message is on disk: content and envelope fsync'd, renamed into `queue/`, and
+/// `queue/` fsync'd. Only the spool can make one.
+#[derive(Debug)]
+#[must_use = "a Durable is the licence to answer 250; dropping it answers nothing"]
+pub struct Durable {
+    envelope: Envelope,
+}
+
+impl Durable {
+    /// The id of the durable message (for the 250 reply and the log).
+    pub fn id(&self) -> QueueId {
+        self.envelope.id
+    }
+
+    /// The envelope as stored (with `size` and `version` filled in by the spool), for
+    /// handing the message to the queue manager.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+}
+
+/// Streams one message's content to `tmp/ID.msg`.
+///
+/// Writes go through a buffer of [`WRITE_BUFFER`] bytes. Dropping the writer without passing
+/// it to `Spool::commit` removes the temporary file, so a refused or aborted message never
+/// reaches `queue/`.
+#[derive(Debug)]
+pub struct MessageWriter {
+    id: QueueId,
+    path: PathBuf,
+    out: Option<BufWriter<File>>,
+    written: u64,
+    /// Removes `path` when the writer is dropped; taken over by the commit.
+    guard: Option<RemoveOnDrop>,
+}
+
+impl MessageWriter {
+    pub(crate) fn create(tmp_dir: &Path) -> Result<MessageWriter, Error> {
+        let id = QueueId::generate();
+        let path = Layout::file(tmp_dir, id, MSG_EXT);
+        let file = disk::create_new(&path)?;
+        Ok(MessageWriter {
+            id,
+            guard: Some(RemoveOnDrop::new(path.clone())),
+            path,
+            out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            written: 0,
+        })
+    }
+
+    /// The id the message will have; the envelope given to `commit` must carry it.
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+
+    /// Content bytes accepted so far (written to the file or waiting in the buffer).
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    /// The temporary file being written (`tmp/ID.msg`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn out(&mut self) -> io::Result<&mut BufWriter<File>> {
+        // `out` is only taken by `commit` (which consumes the writer) and `drop`.
+        self.out
+            .as_mut()
+            .ok_or_else(|| io::Error::other("message writer already finished"))
+    }
+}
+
+impl Write for MessageWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out()?.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out()?.flush()
+    }
+}
+
+impl Drop for MessageWriter {
+    fn drop(&mut self) {
+        if let Some(out) = self.out.take() {
+            // Discard the buffered tail instead of writing it to a file about to be removed.
+            let (_file, _unwritten) = out.into_parts();
+        }
+        // `guard` (still set unless committed) removes the temporary file after this.
+    }
+}
+
+/// A message on its way through the committer: its two open temporary files and the
+/// removal guards that undo it on failure. Guards are declared envelope first so that, if
+/// both are dropped, the `.env` goes before the `.msg` (a crash in between leaves a lone
+/// `.msg`, which start-up treats as incomplete).
+struct Pending {
+    envelope: Envelope,
+    env_file: Option<File>,
+    msg_file: Option<File>,
+    env_guard: Option<RemoveOnDrop>,
+    msg_guard: Option<RemoveOnDrop>,
+    reply: oneshot::Sender<Result<Durable, Error>>,
+}
+
+impl Pending {
+    fn id(&self) -> QueueId {
+        self.envelope.id
+    }
+
+    /// Removes whatever files the message has (via the guards), then tells the waiter.
+    fn fail(mut self, error: Error) {
+        tracing::warn!(queue_id = %self.id(), error = %error, "commit failed; message not queued");
+        self.env_file = None;
+        self.msg_file = None;
+        drop(self.env_guard.take());
+        drop(self.msg_guard.take());
+        // The waiter may be gone (client hung up); nothing more to undo then.
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+/// Counters of the group committer, for metrics and for the benchmark that reports how many
+/// messages one directory sync covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Batches processed (each ends in one fsync of `queue/`).
+    pub batches: u64,
+    /// Messages processed in those batches, committed or failed.
+    pub messages: u64,
+    /// The largest batch so far.
+    pub largest_batch: u64,
+    /// Messages whose commit failed.
+    pub failed: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    batches: AtomicU64,
+    messages: AtomicU64,
+    largest_batch: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self) -> CommitStats {
+        CommitStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            messages: self.messages.load(Ordering::Relaxed),
+            largest_batch: self.largest_batch.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The answer to `Spool::commit`: resolves to [`Durable`] once the message is on disk, or to
+/// the error that stopped it.
+///
+/// Await it from async code, or call [`CommitHandle::wait`] from a plain thread. Dropping it
+/// before it resolves withdraws the message: nobody can answer 250 for it any more, so the
+/// committer removes it again rather than deliver mail the client was never told was taken.
+#[derive(Debug)]
+#[must_use = "the message is not known to be durable until the handle resolves"]
+pub struct CommitHandle {
+    receiver: oneshot::Receiver<Result<Durable, Error>>,
+    dir: PathBuf,
+}
+
+impl CommitHandle {
+    fn stopped(&self) -> Error {
+        Error::CommitterStopped {
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// Blocks the calling thread until the commit is done.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside an async runtime (tokio forbids blocking there); await the
+    /// handle instead.
+    pub fn wait(self) -> Result<Durable, Error> {
+        let stopped = self.stopped();
+        self.receiver.blocking_recv().unwrap_or(Err(stopped))
+    }
+
+    /// A handle that is already resolved with `error`.
+    fn failed(error: Error, dir: &Path) -> CommitHandle {
+        let (sender, receiver) = oneshot::channel();
+        let _ = sender.send(Err(error));
+        CommitHandle {
+            receiver,
+            dir: dir.to_owned(),
+        }
+    }
+}
+
+impl Future for CommitHandle {
+    type Output = Result<Durable, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.receiver).poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(this.stopped())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The sending side of the committer, owned by the `Spool`.
+#[derive(Debug)]
+pub(crate) struct Committer {
+    sender: Option<mpsc::Sender<Pending>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stats: Arc<Stats>,
+    root: PathBuf,
+}
+
+impl Committer {
+    /// Starts the committer thread.
+    pub(crate) fn start(disk: Disk, max_batch: usize) -> Result<Committer, Error> {
+        let (sender, receiver) = mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let root = disk.layout.root.clone();
+        let thread_stats = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || run(&disk, &receiver, max_batch.max(1), &thread_stats))
+            .map_err(|e| Error::io("start committer thread for", &root, e))?;
+        Ok(Committer {
+            sender: Some(sender),
+            thread: Some(thread),
+            stats,
+            root,
+        })
+    }
+
+    pub(crate) fn stats(&self) -> CommitStats {
+        self.stats.snapshot()
+    }
+
+    /// Writes the envelope next to the content and queues both for the committer.
+    pub(crate) fn submit(
+        &self,
+        disk: &Disk,
+        mut writer: MessageWriter,
+        mut envelope: Envelope,
+    ) -> CommitHandle {
+        let tmp_env = Layout::file(&disk.layout.tmp, writer.id, ENV_EXT);
+        if envelope.id != writer.id {
+            return CommitHandle::failed(
+                Error::IdMismatch {
+                    envelope: envelope.id,
+                    path: writer.path.clone(),
+                },
+                &self.root,
+            );
+        }
+        // The spool knows the content size and the format it writes; the caller's values for
+        // these two are overwritten rather than trusted.
+        envelope.size = writer.written;
+        envelope.version = ENVELOPE_VERSION;
+
+        let msg_guard = writer.guard.take();
+        let Some(out) = writer.out.take() else {
+            return CommitHandle::failed(
+                Error::io(
+                    "commit",
+                    &writer.path,
+                    io::Error::other("writer already finished"),
+                ),
+                &self.root,
+            );
+        };
+        let msg_file = match out.into_inner() {
+            Ok(file) => file,
+            Err(e) => {
+                let error = Error::io("write", &writer.path, e.into_error());
+                drop(msg_guard);
+                return CommitHandle::failed(error, &self.root);
+            }
+        };
+        let env_file = match write_envelope_file(&envelope, &tmp_env) {
+            Ok(file) => file,
+            Err(error) => {
+                drop(msg_guard);
+                return CommitHandle::failed(error, &self.root);
+            }
+        };
+
+        let (reply, receiver) = oneshot::channel();
+        let pending = Pending {
+            envelope,
+            env_file: Some(env_file),
+            msg_file: Some(msg_file),
+            env_guard: Some(RemoveOnDrop::new(tmp_env)),
+            msg_guard,
+            reply,
+        };
+        let handle = CommitHandle {
+            receiver,
+            dir: self.root.clone(),
+        };
+        match &self.sender {
+            Some(sender) => {
+                if let Err(mpsc::SendError(pending)) = sender.send(pending) {
+                    pending.fail(Error::CommitterStopped {
+                        dir: self.root.clone(),
+                    });
+                }
+            }
+            None => pending.fail(Error::CommitterStopped {
+                dir: self.root.clone(),
+            }),
+        }
+        handle
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Closing the channel lets the thread finish what is queued and exit.
+        drop(self.sender.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!(dir = %self.root.display(), "spool committer thread panicked");
+        }
+    }
+}
+
+/// Creates `tmp/ID.env` with the envelope's text; the committer fsyncs it.
+fn write_envelope_file(envelope: &Envelope, path: &Path) -> Result<File, Error> {
+    let text = envelope.to_toml(path)?;
+    let guard = RemoveOnDrop::new(path.to_owned());
+    let file = disk::create_new(path)?;
+    disk::write_all(&file, text.as_bytes(), path)?;
+    guard.disarm();
+    Ok(file)
+}
+
+/// The committer thread: one batch at a time until the channel closes.
+fn run(disk: &Disk, receiver: &mpsc::Receiver<Pending>, max_batch: usize, stats: &Stats) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .messages
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .largest_batch
+            .fetch_max(batch.len() as u64, Ordering::Relaxed);
+        let failed = commit_batch(disk, batch);
+        stats.failed.fetch_add(failed, Ordering::Relaxed);
+    }
+}
+
+/// Commits one batch; returns how many messages failed.
+fn commit_batch(disk: &Disk, batch: Vec<Pending>) -> u64 {
+    let queue = &disk.layout.queue;
+    let total = batch.len() as u64;
+    if let Err(e) = disk.faults().before(Step::BeginBatch {
+        messages: batch.len(),
+    }) {
+        let error = Error::io("commit batch into", queue, e);
+        for pending in batch {
+            pending.fail(error.duplicate());
+        }
+        return total;
+    }
+
+    // 1. Each file's data and metadata on disk, so that a name in queue/ never points at
+    //    content that a crash could lose.
+    let mut synced = Vec::with_capacity(batch.len());
+    for mut pending in batch {
+        match sync_files(disk, &mut pending) {
+            Ok(()) => synced.push(pending),
+            Err(error) => pending.fail(error),
+        }
+    }
+
+    // 2. Into queue/: content first, envelope last — the envelope's arrival is what makes
+    //    the message complete.
+    let mut renamed = Vec::with_capacity(synced.len());
+    for mut pending in synced {
+        match install(disk, &mut pending) {
+            Ok(()) => renamed.push(pending),
+            Err(error) => pending.fail(error),
+        }
+    }
+    if renamed.is_empty() {
+        return total;
+    }
+
+    // 3. One directory sync makes every rename of the batch durable.
+    if let Err(error) = disk.sync_dir(queue) {
+        for pending in renamed {
+            pending.fail(error.duplicate());
+        }
+        // Make the removals durable too, if the disk lets us.
+        let _ = disk.sync_dir(queue);
+        return total;
+    }
+
+    // 4. Only now may anyone say 250.
+    let mut failed = total - renamed.len() as u64;
+    let mut withdrawn = false;
+    for mut pending in renamed {
+        // Durable: the guards must no longer remove anything.
+        if let Some(guard) = pending.env_guard.take() {
+            guard.disarm();
+        }
+        if let Some(guard) = pending.msg_guard.take() {
+            guard.disarm();
+        }
+        let id = pending.id();
+        let durable = Durable {
+            envelope: pending.envelope,
+        };
+        if pending.reply.send(Ok(durable)).is_err() {
+            // The handle was dropped: no 250 can be sent for this message, and mail that was
+            // never acknowledged must not be delivered. Envelope first, as in `Spool::remove`.
+            tracing::info!(queue_id = %id, "commit abandoned by its caller; removing the message");
+            let removed = disk::remove_file(&Layout::file(queue, id, ENV_EXT))
+                .and_then(|()| disk::remove_file(&Layout::file(queue, id, MSG_EXT)));
+            if let Err(e) = removed {
+                tracing::warn!(queue_id = %id, error = %e, "could not remove abandoned message");
+            }
+            withdrawn = true;
+            failed += 1;
+        }
+    }
+    if withdrawn && let Err(e) = disk.sync_dir(queue) {
+        tracing::warn!(error = %e, "could not sync removal of abandoned messages");
+    }
+    failed
+}
+
+fn sync_files(disk: &Disk, pending: &mut Pending) -> Result<(), Error> {
+    let id = pending.id();
+    if let Some(file) = pending.msg_file.take() {
+        disk.sync_file(&file, &Layout::file(&disk.layout.tmp, id, MSG_EXT))?;
+    }
+    if let Some(file) = pending.env_file.take() {
+        disk.sync_file(&file, &Layout::file(&disk.layout.tmp, id, ENV_EXT))?;
+    }
+    Ok(())
+}
+
+fn install(disk: &Disk, pending: &mut Pending) -> Result<(), Error> {
+    let id = pending.id();
+    let layout = &disk.layout;
+    let queued_msg = Layout::file(&layout.queue, id, MSG_EXT);
+    disk.rename(&Layout::file(&layout.tmp, id, MSG_EXT), &queued_msg)?;
+    if let Some(guard) = pending.msg_guard.take() {
+        guard.disarm();
+    }
+    pending.msg_guard = Some(RemoveOnDrop::new(queued_msg));
+
+    let queued_env = Layout::file(&layout.queue, id, ENV_EXT);
+    disk.rename(&Layout::file(&layout.tmp, id, ENV_EXT), &queued_env)?;
+    if let Some(guard) = pending.env_guard.take() {
+        guard.disarm();
+    }
+    pending.env_guard = Some(RemoveOnDrop::new(queued_env));
+    Ok(())
+}
