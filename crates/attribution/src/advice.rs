@@ -93,7 +93,12 @@ impl Finding {
                 connector,
                 certificate_domain,
                 suggested_pattern,
-            } => certificate_advice(tenant, connector, certificate_domain, suggested_pattern.as_deref()),
+            } => certificate_advice(
+                tenant,
+                connector,
+                certificate_domain,
+                suggested_pattern.as_deref(),
+            ),
             Self::P1NotAccepted {
                 domain,
                 suggested_domain,
@@ -112,7 +117,10 @@ impl Finding {
                 "the envelope sender is null (<>, a bounce or notification), so only a certificate can \
                  attribute it: present a certificate that an OnPremises connector{} names and whose \
                  domain is an accepted domain",
-                tenant.as_deref().map(|t| format!(" of {t}")).unwrap_or_default()
+                tenant
+                    .as_deref()
+                    .map(|t| format!(" of {t}"))
+                    .unwrap_or_default()
             ),
             Self::IpNotInOnPremisesConnector { ip } => format!(
                 "the source IP {ip} is in no enabled OnPremises connector: add it to a connector's \
@@ -141,13 +149,23 @@ impl fmt::Display for Finding {
 
 impl Verdict {
     /// The §10 diagnostics that explain this verdict; see [`findings`].
-    pub fn reasons(&self, world: &World, connection: &Connection, message: &Message) -> Vec<Finding> {
+    pub fn reasons(
+        &self,
+        world: &World,
+        connection: &Connection,
+        message: &Message,
+    ) -> Vec<Finding> {
         findings(world, connection, message, self)
     }
 }
 
 /// The §10 diagnostics that explain why `verdict` refused to relay; empty when it did not.
-pub fn findings(world: &World, connection: &Connection, message: &Message, verdict: &Verdict) -> Vec<Finding> {
+pub fn findings(
+    world: &World,
+    connection: &Connection,
+    message: &Message,
+    verdict: &Verdict,
+) -> Vec<Finding> {
     match connection.endpoint {
         Endpoint::Submission => submission_findings(connection, verdict),
         Endpoint::Mx if refused_relay(verdict) => mx_findings(world, connection, message, verdict),
@@ -161,7 +179,10 @@ fn refused_relay(verdict: &Verdict) -> bool {
 }
 
 fn submission_findings(connection: &Connection, verdict: &Verdict) -> Vec<Finding> {
-    let refused_at_starttls = verdict.rejections.iter().any(|r| r.stage == Stage::Starttls);
+    let refused_at_starttls = verdict
+        .rejections
+        .iter()
+        .any(|r| r.stage == Stage::Starttls);
     if refused_at_starttls && !connection.tls.is_modern() {
         vec![Finding::TlsBelow12 {
             tls: connection.tls,
@@ -172,7 +193,12 @@ fn submission_findings(connection: &Connection, verdict: &Verdict) -> Vec<Findin
     }
 }
 
-fn mx_findings(world: &World, connection: &Connection, message: &Message, verdict: &Verdict) -> Vec<Finding> {
+fn mx_findings(
+    world: &World,
+    connection: &Connection,
+    message: &Message,
+    verdict: &Verdict,
+) -> Vec<Finding> {
     let matches = match_set(world, &Evidence::of(connection));
     let tenant = target_tenant(world, &matches, verdict);
     let mut found = certificate_findings(connection, &matches);
@@ -183,7 +209,11 @@ fn mx_findings(world: &World, connection: &Connection, message: &Message, verdic
 
 /// The tenant the admin most likely means: the owner of the first matched OnPremises connector,
 /// else the verdict's tenant, else the first configured tenant.
-fn target_tenant<'w>(world: &'w World, matches: &[Match<'w>], verdict: &Verdict) -> Option<&'w Tenant> {
+fn target_tenant<'w>(
+    world: &'w World,
+    matches: &[Match<'w>],
+    verdict: &Verdict,
+) -> Option<&'w Tenant> {
     matches
         .first()
         .map(|m| m.tenant)
@@ -247,7 +277,12 @@ fn ip_finding(connection: &Connection, matches: &[Match<'_>]) -> Option<Finding>
 
 /// "P1 null" or "P1 not accepted": judged against the tenants whose connectors matched, or, when
 /// none did, against every tenant (both conditions of §3.1 must hold).
-fn sender_finding(world: &World, message: &Message, matches: &[Match<'_>], tenant: Option<&Tenant>) -> Option<Finding> {
+fn sender_finding(
+    world: &World,
+    message: &Message,
+    matches: &[Match<'_>],
+    tenant: Option<&Tenant>,
+) -> Option<Finding> {
     let tenant_id = tenant.map(|t| t.id.clone());
     if message.is_null_sender() {
         return Some(Finding::P1Null { tenant: tenant_id });
@@ -265,13 +300,20 @@ fn sender_finding(world: &World, message: &Message, matches: &[Match<'_>], tenan
     })
 }
 
-fn certificate_advice(tenant: &str, connector: &str, certificate_domain: &str, pattern: Option<&str>) -> String {
+fn certificate_advice(
+    tenant: &str,
+    connector: &str,
+    certificate_domain: &str,
+    pattern: Option<&str>,
+) -> String {
     let first = format!(
         "the connector \"{connector}\" matched the certificate, but {certificate_domain} is not an \
          accepted domain of {tenant}: add {certificate_domain} as an accepted domain"
     );
     match pattern {
-        Some(pattern) => format!("{first}, or set the connector's TlsSenderCertificateName to {pattern}"),
+        Some(pattern) => {
+            format!("{first}, or set the connector's TlsSenderCertificateName to {pattern}")
+        }
         None => format!(
             "{first}, or present a certificate for a name under one of {tenant}'s accepted domains \
              and name that domain on the connector"
@@ -347,7 +389,13 @@ mod tests {
         }
     }
 
-    fn labels_and_advice(connection: &Connection, message: &Message) -> Vec<(&'static str, String)> {
+    /// Expected findings: (label, a part of the advice).
+    type Expected = Vec<(&'static str, &'static str)>;
+
+    fn labels_and_advice(
+        connection: &Connection,
+        message: &Message,
+    ) -> Vec<(&'static str, String)> {
         let world = world();
         let verdict = crate::classify(&world, connection, message, Ruleset::After);
         verdict
@@ -360,7 +408,7 @@ mod tests {
     #[test]
     fn findings_table() {
         let cert = Some(("smtp.fabrikam.com", true));
-        let table: Vec<(Connection, Message, Vec<(&str, &str)>)> = vec![
+        let table: Vec<(Connection, Message, Expected)> = vec![
             (
                 connection("192.0.2.20", TlsVersion::V1_2, cert),
                 message("cron@app01.fabrikam.internal", "boss@example.org"),
@@ -385,7 +433,10 @@ mod tests {
             (
                 connection("192.0.2.99", TlsVersion::V1_3, None),
                 message("alice@fabrikam.com", "x@example.net"),
-                vec![("IP not in any OnPremises connector", "add it to a connector's SenderIPAddresses")],
+                vec![(
+                    "IP not in any OnPremises connector",
+                    "add it to a connector's SenderIPAddresses",
+                )],
             ),
             (
                 connection("2001:db8::25", TlsVersion::None, None),
@@ -401,10 +452,17 @@ mod tests {
                 ],
             ),
             (
-                connection("192.0.2.20", TlsVersion::V1_2, Some(("smtp.fabrikam.com", false))),
+                connection(
+                    "192.0.2.20",
+                    TlsVersion::V1_2,
+                    Some(("smtp.fabrikam.com", false)),
+                ),
                 message("alice@fabrikam.com", "x@example.net"),
                 vec![
-                    ("untrusted certificate", "use a certificate from a public CA"),
+                    (
+                        "untrusted certificate",
+                        "use a certificate from a public CA",
+                    ),
                     ("IP not in any OnPremises connector", "SenderIPAddresses"),
                 ],
             ),
@@ -413,7 +471,10 @@ mod tests {
                 message("news@example.org", "bob@example.net"),
                 vec![
                     ("IP not in any OnPremises connector", "192.0.2.200"),
-                    ("P1 not accepted", "rewrite it to an address in fabrikam.com"),
+                    (
+                        "P1 not accepted",
+                        "rewrite it to an address in fabrikam.com",
+                    ),
                 ],
             ),
             // Relayed fine: nothing to explain.
@@ -434,7 +495,10 @@ mod tests {
             assert_eq!(actual.len(), expected.len(), "{message:?}: {actual:#?}");
             for ((label, advice), (want_label, want_part)) in actual.iter().zip(&expected) {
                 assert_eq!(label, want_label, "{message:?}");
-                assert!(advice.contains(want_part), "{message:?}: {advice:?} lacks {want_part:?}");
+                assert!(
+                    advice.contains(want_part),
+                    "{message:?}: {advice:?} lacks {want_part:?}"
+                );
             }
         }
     }
@@ -479,7 +543,9 @@ mod tests {
             Finding::IpNotInOnPremisesConnector {
                 ip: Ipv4Addr::LOCALHOST,
             },
-            Finding::Ipv6Source { ip: Ipv6Addr::LOCALHOST },
+            Finding::Ipv6Source {
+                ip: Ipv6Addr::LOCALHOST,
+            },
             Finding::TlsBelow12 {
                 tls: TlsVersion::None,
                 submission: false,

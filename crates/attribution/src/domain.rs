@@ -2,7 +2,7 @@
 //! `covers` (an accepted domain covers a domain, exo-attribution.md §3.4) and `name_match`
 //! (a `TlsSenderCertificateName` or `SenderDomains` pattern matches a name, §3.2).
 //!
-//! Everything here works on normalised text (§2.2 [MODEL]): ASCII case folded, one trailing dot
+//! Everything here works on normalised text (§2.2 \[MODEL\]): ASCII case folded, one trailing dot
 //! removed, and non-ASCII labels turned into their punycode (`xn--`) form. Full IDNA mapping
 //! (UTS #46: NFC, width folding, ideographic dots) is left to whoever feeds the model; this module
 //! only lower-cases such labels before encoding them, which is enough to compare the same name
@@ -10,15 +10,19 @@
 
 use std::cmp::Ordering;
 
-/// Normalises a domain for comparison (exo-attribution.md §2.2 [MODEL]).
+/// Normalises a domain for comparison (exo-attribution.md §2.2 \[MODEL\]).
 ///
 /// Folds case, removes one trailing dot and writes non-ASCII labels in punycode.
 pub fn normalize_domain(domain: &str) -> String {
     let trimmed = domain.strip_suffix('.').unwrap_or(domain);
-    trimmed.split('.').map(normalize_label).collect::<Vec<_>>().join(".")
+    trimmed
+        .split('.')
+        .map(normalize_label)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
-/// The normalised domain of an address: the text after the last `@` (§2.2 [MODEL]).
+/// The normalised domain of an address: the text after the last `@` (§2.2 \[MODEL\]).
 ///
 /// `None` for the null sender (empty text), for text without `@` and for an empty domain.
 pub fn domain_of(address: &str) -> Option<String> {
@@ -30,15 +34,19 @@ pub fn domain_of(address: &str) -> Option<String> {
 /// Normalises a whole address: local part in ASCII lower case, domain as [`normalize_domain`].
 ///
 /// Exchange treats SMTP addresses case-insensitively; the spec only says so for domains
-/// (§2.2), so folding the local part is our reading of how a directory lookup behaves [MODEL].
+/// (§2.2), so folding the local part is our reading of how a directory lookup behaves \[MODEL\].
 pub fn normalize_address(address: &str) -> String {
     match address.rsplit_once('@') {
-        Some((local, domain)) => format!("{}@{}", local.to_ascii_lowercase(), normalize_domain(domain)),
+        Some((local, domain)) => format!(
+            "{}@{}",
+            local.to_ascii_lowercase(),
+            normalize_domain(domain)
+        ),
         None => address.to_ascii_lowercase(),
     }
 }
 
-/// How closely an accepted domain covers a domain; greater is more specific (§3.4 [MODEL]:
+/// How closely an accepted domain covers a domain; greater is more specific (§3.4 \[MODEL\]:
 /// most labels first, then an exact match before a subdomain match).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Specificity {
@@ -46,7 +54,7 @@ pub struct Specificity {
     exact: bool,
 }
 
-/// `covers(a, d)` of exo-attribution.md §3.4 [MODEL]: `d` equals the accepted domain, or the
+/// `covers(a, d)` of exo-attribution.md §3.4 \[MODEL\]: `d` equals the accepted domain, or the
 /// accepted domain matches subdomains and `d` ends with `.` + the accepted domain.
 ///
 /// Both arguments must be normalised. Returns how specific the match is, `None` if it does not
@@ -57,7 +65,10 @@ pub fn covers(accepted: &str, match_subdomains: bool, d: &str) -> Option<Specifi
     }
     let labels = accepted.split('.').count();
     if d == accepted {
-        return Some(Specificity { labels, exact: true });
+        return Some(Specificity {
+            labels,
+            exact: true,
+        });
     }
     (match_subdomains && is_strict_subdomain(d, accepted)).then_some(Specificity {
         labels,
@@ -78,7 +89,7 @@ pub fn name_match(pattern: &str, name: &str) -> bool {
     }
 }
 
-/// Whether a `SenderDomains` entry covers the P1 domain (§4 step 2 [MODEL on top of DOC]):
+/// Whether a `SenderDomains` entry covers the P1 domain (§4 step 2 \[MODEL on top of DOC\]):
 /// `*` covers everything including the null sender (`None`); `*.d` covers `d` and its subdomains;
 /// anything else covers only itself.
 pub fn sender_domain_covers(pattern: &str, p1_domain: Option<&str>) -> bool {
@@ -90,7 +101,10 @@ pub fn sender_domain_covers(pattern: &str, p1_domain: Option<&str>) -> bool {
 
 /// Picks the better of two candidates: more specific wins, the earlier one (configuration order)
 /// keeps ties.
-pub fn more_specific<T>(best: Option<(Specificity, T)>, next: (Specificity, T)) -> Option<(Specificity, T)> {
+pub(crate) fn more_specific<T>(
+    best: Option<(Specificity, T)>,
+    next: (Specificity, T),
+) -> Option<(Specificity, T)> {
     match best {
         Some(current) if current.0.cmp(&next.0) != Ordering::Less => Some(current),
         _ => Some(next),
@@ -245,7 +259,11 @@ mod tests {
             ("", true, "contoso.com", false),
         ];
         for (accepted, subdomains, d, expected) in table {
-            assert_eq!(covers(accepted, subdomains, d).is_some(), expected, "{accepted} {d}");
+            assert_eq!(
+                covers(accepted, subdomains, d).is_some(),
+                expected,
+                "{accepted} {d}"
+            );
         }
     }
 
@@ -286,11 +304,19 @@ mod tests {
             ("*", Some("example.org"), true),
             ("partnerbank.example", None, false),
             ("partnerbank.example", Some("partnerbank.example"), true),
-            ("*.partnerbank.example", Some("eu.partnerbank.example"), true),
+            (
+                "*.partnerbank.example",
+                Some("eu.partnerbank.example"),
+                true,
+            ),
             ("partnerbank.example", Some("eu.partnerbank.example"), false),
         ];
         for (pattern, p1, expected) in table {
-            assert_eq!(sender_domain_covers(pattern, p1), expected, "{pattern} {p1:?}");
+            assert_eq!(
+                sender_domain_covers(pattern, p1),
+                expected,
+                "{pattern} {p1:?}"
+            );
         }
     }
 }

@@ -16,7 +16,7 @@ pub struct Connection {
     pub endpoint: Endpoint,
     /// The address EXO sees.
     pub source_ip: IpAddr,
-    /// The EHLO/HELO name; not used for attribution (§9 [MODEL]).
+    /// The EHLO/HELO name; not used for attribution (§9 \[MODEL\]).
     #[serde(default)]
     pub ehlo: String,
     /// The TLS version negotiated by STARTTLS, or none.
@@ -44,7 +44,9 @@ pub enum Endpoint {
 }
 
 /// The TLS version of the session (§2.1).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum TlsVersion {
     /// No STARTTLS.
     #[default]
@@ -66,7 +68,7 @@ pub enum TlsVersion {
 
 impl TlsVersion {
     /// Whether EXO's mail-flow endpoints complete a handshake at this version: 1.2 or later.
-    /// Below that the handshake fails and the session is plaintext (§7.2 [MODEL]).
+    /// Below that the handshake fails and the session is plaintext (§7.2 \[MODEL\]).
     pub fn is_modern(self) -> bool {
         self >= Self::V1_2
     }

@@ -60,19 +60,20 @@ pub mod verdict;
 
 pub use advice::{Finding, findings};
 pub use facts::{
-    Auth, AuthMechanism, ClientCert, Connection, Endpoint, IpReputation, Message, Ruleset, TlsVersion,
+    Auth, AuthMechanism, ClientCert, Connection, Endpoint, IpReputation, Message, Ruleset,
+    TlsVersion,
 };
 pub use reply::Reply;
 pub use tenant::{
-    AcceptedDomain, BasicAuth, Connector, ConnectorType, DomainType, Ipv4Range, Ipv4RangeError, Tenant,
-    World,
+    AcceptedDomain, BasicAuth, Connector, ConnectorType, DomainType, Ipv4Range, Ipv4RangeError,
+    Tenant, World,
 };
 pub use verdict::{DecidedBy, Direction, Rejection, Stage, Verdict};
 
 /// Classifies one SMTP transaction as EXO would (exo-attribution.md §3–§6).
 ///
 /// Total: every input gives a verdict, none panics. The verdict is deterministic and, apart from
-/// the reported tenant and connector of Incoming mail to several tenants (§4 [MODEL]), does not
+/// the reported tenant and connector of Incoming mail to several tenants (§4 \[MODEL\]), does not
 /// depend on the order of the recipients.
 ///
 /// ```
@@ -106,6 +107,11 @@ pub use verdict::{DecidedBy, Direction, Rejection, Stage, Verdict};
 /// assert_eq!(verdict.decided_by, DecidedBy::MailFromDomain);
 /// assert!(verdict.relay_allowed);
 /// ```
-pub fn classify(world: &World, connection: &Connection, message: &Message, ruleset: Ruleset) -> Verdict {
+pub fn classify(
+    world: &World,
+    connection: &Connection,
+    message: &Message,
+    ruleset: Ruleset,
+) -> Verdict {
     rules::classify(world, connection, message, ruleset)
 }

@@ -1,7 +1,7 @@
 //! The replies EXO gives in the model, each text in one place (exo-attribution.md §4–§6).
 //!
 //! Texts are as EXO sends them, without the bracketed server name EXO appends (§ preamble
-//! [OBS]); whoever writes them to a socket (the simulator) may append its own.
+//! \[OBS\]); whoever writes them to a socket (the simulator) may append its own.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -33,22 +33,26 @@ impl Reply {
         (400..500).contains(&self.code)
     }
 
-    /// §5.1: the source IP is on Microsoft's block list [DOC code].
+    /// §5.1: the source IP is on Microsoft's block list \[DOC code\].
     pub fn banned_ip(ip: IpAddr) -> Self {
-        Self::new(550, "5.7.606", format!("Access denied, banned sending IP [{ip}]"))
+        Self::new(
+            550,
+            "5.7.606",
+            format!("Access denied, banned sending IP [{ip}]"),
+        )
     }
 
-    /// §5.2: the source is graylisted [DOC].
+    /// §5.2: the source is graylisted \[DOC\].
     pub fn throttled() -> Self {
         Self::new(451, "4.7.500", "Access denied, please try again later")
     }
 
-    /// §4 step 1, §5.3: no tenant for the recipient [DOC].
+    /// §4 step 1, §5.3: no tenant for the recipient \[DOC\].
     pub fn relay_access_denied() -> Self {
         Self::new(550, "5.7.64", "TenantAttribution; Relay Access Denied")
     }
 
-    /// §4 step 2, §5.4: a restricting Partner connector did not admit the connection [OBS].
+    /// §4 step 2, §5.4: a restricting Partner connector did not admit the connection \[OBS\].
     pub fn partner_restriction() -> Self {
         Self::new(
             550,
@@ -60,12 +64,12 @@ impl Reply {
     }
 
     /// §4 step 2: the admitting Partner connector requires TLS and the session has none
-    /// [MODEL: text borrowed from Exchange].
+    /// \[MODEL: text borrowed from Exchange\].
     pub fn starttls_required() -> Self {
         Self::new(451, "5.7.3", "Must issue a STARTTLS command first")
     }
 
-    /// §4 step 3, §5.5: Reject Direct Send [DOC].
+    /// §4 step 3, §5.5: Reject Direct Send \[DOC\].
     pub fn direct_send_rejected() -> Self {
         Self::new(
             550,
@@ -75,22 +79,30 @@ impl Reply {
         )
     }
 
-    /// §4 step 4, §5.7: Directory-Based Edge Blocking [DOC].
+    /// §4 step 4, §5.7: Directory-Based Edge Blocking \[DOC\].
     pub fn unknown_recipient() -> Self {
         Self::new(550, "5.4.1", "Recipient address rejected: Access denied")
     }
 
-    /// §5.6a: the tenant is blocked for outbound spam [DOC].
+    /// §5.6a: the tenant is blocked for outbound spam \[DOC\].
     pub fn tenant_over_threshold() -> Self {
-        Self::new(550, "5.7.705", "Access denied, tenant has exceeded threshold")
+        Self::new(
+            550,
+            "5.7.705",
+            "Access denied, tenant has exceeded threshold",
+        )
     }
 
-    /// §5.6b: the source IP has low reputation [DOC].
+    /// §5.6b: the source IP has low reputation \[DOC\].
     pub fn low_reputation_ip() -> Self {
-        Self::new(550, "5.7.708", "Access denied, traffic not accepted from this IP")
+        Self::new(
+            550,
+            "5.7.708",
+            "Access denied, traffic not accepted from this IP",
+        )
     }
 
-    /// §5.6c: sending from unregistered domains is blocked [DOC].
+    /// §5.6c: sending from unregistered domains is blocked \[DOC\].
     pub fn unregistered_domain() -> Self {
         Self::new(
             550,
@@ -109,7 +121,7 @@ impl Reply {
         )
     }
 
-    /// §6: `MAIL FROM` without AUTH on the submission endpoint [DOC text, OBS code].
+    /// §6: `MAIL FROM` without AUTH on the submission endpoint \[DOC text, OBS code\].
     pub fn not_authenticated() -> Self {
         Self::new(
             530,
@@ -118,21 +130,29 @@ impl Reply {
         )
     }
 
-    /// §6: basic authentication retired for client submission [DOC].
+    /// §6: basic authentication retired for client submission \[DOC\].
     pub fn basic_auth_retired() -> Self {
-        Self::new(550, "5.7.30", "Basic authentication is not supported for Client Submission.")
+        Self::new(
+            550,
+            "5.7.30",
+            "Basic authentication is not supported for Client Submission.",
+        )
     }
 
     /// The authenticated user belongs to no known tenant. The spec is silent here (§6 says the
-    /// tenant is the one covering the user's domain); we answer as a failed AUTH [MODEL].
+    /// tenant is the one covering the user's domain); we answer as a failed AUTH \[MODEL\].
     pub fn authentication_failed() -> Self {
         Self::new(535, "5.7.3", "Authentication unsuccessful")
     }
 
-    /// §6: the sender is neither the user nor one it may send as [OBS].
+    /// §6: the sender is neither the user nor one it may send as \[OBS\].
     pub fn send_as_denied(user: &str, sender: &str) -> Self {
         let sender = if sender.is_empty() { "<>" } else { sender };
-        Self::new(554, "5.2.252", format!("SendAsDenied; {user} not allowed to send as {sender}"))
+        Self::new(
+            554,
+            "5.2.252",
+            format!("SendAsDenied; {user} not allowed to send as {sender}"),
+        )
     }
 }
 

@@ -5,7 +5,7 @@
 //! `exorelay check` can use them directly. Field names follow the test-vector format; a
 //! connector list is written as `[[tenant.connector]]`. `CloudServicesMailEnabled` and
 //! `TreatMessagesAsInternal` are accepted so a copied configuration loads, and are ignored (they
-//! do not affect attribution, §2.3 [MODEL]); parameters the model does not know are refused.
+//! do not affect attribution, §2.3 \[MODEL\]); parameters the model does not know are refused.
 //! Checking a configuration for EXO's own limits beyond the IP masks is left to the caller.
 
 use std::fmt;
@@ -34,7 +34,7 @@ pub struct Tenant {
     /// The tenant's accepted domains.
     pub accepted_domains: Vec<AcceptedDomain>,
     /// Known recipient addresses; empty means every address in an Authoritative domain exists
-    /// (§2.3 [MODEL]).
+    /// (§2.3 \[MODEL\]).
     #[serde(default)]
     pub recipients: Vec<String>,
     /// `Set-OrganizationConfig -RejectDirectSend $true` (§4 step 3).
@@ -111,7 +111,7 @@ pub struct Connector {
     /// `AssociatedAcceptedDomains`: the recipient domains the connector applies to; empty = all.
     #[serde(default)]
     pub associated_accepted_domains: Vec<String>,
-    /// `RequireTls` (Partner only; ignored on OnPremises connectors, §2.3 [MODEL]).
+    /// `RequireTls` (Partner only; ignored on OnPremises connectors, §2.3 \[MODEL\]).
     #[serde(default)]
     pub require_tls: bool,
     /// `RestrictDomainsToCertificate` (Partner only, §4 step 2).
@@ -120,10 +120,10 @@ pub struct Connector {
     /// `RestrictDomainsToIPAddresses` (Partner only, §4 step 2).
     #[serde(default)]
     pub restrict_domains_to_ip_addresses: bool,
-    /// `CloudServicesMailEnabled`; no effect on attribution (§2.3 [MODEL]).
+    /// `CloudServicesMailEnabled`; no effect on attribution (§2.3 \[MODEL\]).
     #[serde(default)]
     pub cloud_services_mail_enabled: bool,
-    /// `TreatMessagesAsInternal`; affects authentication, not attribution (§2.3 [MODEL]).
+    /// `TreatMessagesAsInternal`; affects authentication, not attribution (§2.3 \[MODEL\]).
     #[serde(default)]
     pub treat_messages_as_internal: bool,
 }
@@ -138,7 +138,7 @@ pub enum ConnectorType {
 }
 
 /// One `SenderIPAddresses` entry: an IPv4 address or CIDR range with a /24–/32 mask, the only
-/// masks EXO accepts; IPv6 is not supported (§2.3 [DOC]).
+/// masks EXO accepts; IPv6 is not supported (§2.3 \[DOC\]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ipv4Range {
     network: Ipv4Addr,
@@ -173,7 +173,9 @@ impl Ipv4Range {
 }
 
 fn mask(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0)
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0)
 }
 
 impl FromStr for Ipv4Range {
@@ -189,7 +191,10 @@ impl FromStr for Ipv4Range {
             .parse()
             .map_err(|_| Ipv4RangeError::NotIpv4(text.to_owned()))?;
         let prefix = match prefix {
-            Some(p) => p.trim().parse().map_err(|_| Ipv4RangeError::Mask(text.to_owned()))?,
+            Some(p) => p
+                .trim()
+                .parse()
+                .map_err(|_| Ipv4RangeError::Mask(text.to_owned()))?,
             None => 32,
         };
         Self::new(address, prefix).ok_or_else(|| Ipv4RangeError::Mask(text.to_owned()))
@@ -237,7 +242,9 @@ fn enabled_by_default() -> bool {
     true
 }
 
-fn empty_is_none<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
     let text = Option::<String>::deserialize(deserializer)?;
     Ok(text.filter(|t| !t.is_empty()))
 }
@@ -257,7 +264,7 @@ impl World {
 }
 
 impl Tenant {
-    /// The tenant's most specific accepted domain covering `domain` (§3.4 [MODEL]).
+    /// The tenant's most specific accepted domain covering `domain` (§3.4 \[MODEL\]).
     /// `domain` must be normalised.
     pub(crate) fn covering(&self, domain: &str) -> Option<(Specificity, &AcceptedDomain)> {
         let mut best = None;
@@ -278,7 +285,8 @@ impl Tenant {
     /// The domain to suggest to an admin: the first accepted domain that is not the
     /// `onmicrosoft.com` test domain (§2.3), else the first one.
     pub(crate) fn primary_domain(&self) -> Option<&str> {
-        let not_test = |a: &&AcceptedDomain| !a.domain.to_ascii_lowercase().ends_with(".onmicrosoft.com");
+        let not_test =
+            |a: &&AcceptedDomain| !a.domain.to_ascii_lowercase().ends_with(".onmicrosoft.com");
         self.accepted_domains
             .iter()
             .find(not_test)
@@ -304,7 +312,9 @@ impl Connector {
 
     /// `ip ∈ SenderIPAddresses` (§3.3).
     pub(crate) fn lists_ip(&self, ip: Ipv4Addr) -> bool {
-        self.sender_ip_addresses.iter().any(|range| range.contains(ip))
+        self.sender_ip_addresses
+            .iter()
+            .any(|range| range.contains(ip))
     }
 
     /// Whether the connector applies to recipients in `accepted` (§4 step 2): the
@@ -320,9 +330,9 @@ impl Connector {
 
     /// Whether a `SenderDomains` entry covers the P1 domain (§4 step 2).
     pub(crate) fn scopes_sender(&self, p1_domain: Option<&str>) -> bool {
-        self.sender_domains
-            .iter()
-            .any(|pattern| domain::sender_domain_covers(&domain::normalize_domain(pattern), p1_domain))
+        self.sender_domains.iter().any(|pattern| {
+            domain::sender_domain_covers(&domain::normalize_domain(pattern), p1_domain)
+        })
     }
 
     /// Whether either Restrict flag is set (§4 step 2).
@@ -348,16 +358,30 @@ mod tests {
         ];
         for (range, ip, expected) in table {
             let range: Ipv4Range = range.parse().unwrap();
-            assert_eq!(range.contains(ip.parse().unwrap()), expected, "{range} {ip}");
+            assert_eq!(
+                range.contains(ip.parse().unwrap()),
+                expected,
+                "{range} {ip}"
+            );
         }
     }
 
     #[test]
     fn ip_range_errors() {
-        for bad in ["10.0.0.0/16", "10.0.0.0/33", "2001:db8::/64", "10.0.0.0/x", "", "10.0.0"] {
+        for bad in [
+            "10.0.0.0/16",
+            "10.0.0.0/33",
+            "2001:db8::/64",
+            "10.0.0.0/x",
+            "",
+            "10.0.0",
+        ] {
             assert!(bad.parse::<Ipv4Range>().is_err(), "{bad}");
         }
-        assert_eq!("198.51.100.7/24".parse::<Ipv4Range>().unwrap().to_string(), "198.51.100.0/24");
+        assert_eq!(
+            "198.51.100.7/24".parse::<Ipv4Range>().unwrap().to_string(),
+            "198.51.100.0/24"
+        );
     }
 
     #[test]

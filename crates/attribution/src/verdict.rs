@@ -7,14 +7,14 @@ use serde::Serialize;
 
 use crate::reply::Reply;
 
-/// The verdict for one transaction (§2.5 [MODEL]).
+/// The verdict for one transaction (§2.5 \[MODEL\]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
     /// The rule that decided.
     pub decided_by: DecidedBy,
     /// The attributed tenant's id. For Incoming mail to several tenants: the first accepted
     /// recipient's tenant, or the first recipient's that found a tenant if none was accepted
-    /// (§4 [MODEL]).
+    /// (§4 \[MODEL\]).
     pub tenant: Option<String>,
     /// The direction for that tenant.
     pub direction: Option<Direction>,
@@ -79,20 +79,20 @@ pub enum Direction {
     Incoming,
 }
 
-/// The SMTP stage at which a reply is given (§2.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// The SMTP stage at which a reply is given (§2.5), ordered as a client meets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
+    /// In reply to `STARTTLS`.
+    Starttls,
+    /// In reply to `AUTH`.
+    Auth,
     /// In reply to `MAIL FROM`.
     Mail,
     /// In reply to `RCPT TO`.
     Rcpt,
     /// After the end of DATA.
     EndOfData,
-    /// In reply to `AUTH`.
-    Auth,
-    /// In reply to `STARTTLS`.
-    Starttls,
 }
 
 impl DecidedBy {

@@ -12,7 +12,7 @@ use crate::tenant::{Connector, ConnectorType, Tenant, World};
 pub(crate) struct Evidence {
     /// `cert_names` of §3.2, normalised; empty unless the certificate counts.
     cert_names: Vec<String>,
-    /// The source address if it is IPv4; IPv6 sources never match (§3.3 [DOC]).
+    /// The source address if it is IPv4; IPv6 sources never match (§3.3 \[DOC\]).
     ipv4: Option<Ipv4Addr>,
 }
 
@@ -30,9 +30,11 @@ impl Evidence {
 
     /// `by_cert(c)`: some certificate name matches `TlsSenderCertificateName` (§3.5).
     pub(crate) fn by_cert(&self, connector: &Connector) -> bool {
-        connector
-            .certificate_pattern()
-            .is_some_and(|pattern| self.cert_names.iter().any(|n| domain::name_match(&pattern, n)))
+        connector.certificate_pattern().is_some_and(|pattern| {
+            self.cert_names
+                .iter()
+                .any(|n| domain::name_match(&pattern, n))
+        })
     }
 
     /// `by_ip(c)`: the source address is in `SenderIPAddresses` (§3.3).
@@ -42,15 +44,17 @@ impl Evidence {
 }
 
 /// `cert_names` (§3.2): the subject CN and every SAN DNS name, but only when STARTTLS succeeded
-/// with TLS 1.2 or later and the certificate is trusted [DOC]; TLS 1.0/1.1 count as no TLS on the
-/// MX endpoint (§7.2 [MODEL]).
+/// with TLS 1.2 or later and the certificate is trusted \[DOC\]; TLS 1.0/1.1 count as no TLS on the
+/// MX endpoint (§7.2 \[MODEL\]).
 fn certificate_names(connection: &Connection) -> Vec<String> {
     match &connection.client_cert {
-        Some(cert) if cert.trusted && connection.tls.is_modern() => std::iter::once(&cert.subject_cn)
-            .chain(&cert.san)
-            .map(|name| domain::normalize_domain(name))
-            .filter(|name| !name.is_empty())
-            .collect(),
+        Some(cert) if cert.trusted && connection.tls.is_modern() => {
+            std::iter::once(&cert.subject_cn)
+                .chain(&cert.san)
+                .map(|name| domain::normalize_domain(name))
+                .filter(|name| !name.is_empty())
+                .collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -64,12 +68,17 @@ pub(crate) struct Match<'w> {
 }
 
 /// `M` of §3.5, ordered as `matched_onprem` needs it: certificate matches first, then
-/// configuration order (tenants in world order, connectors in tenant order) [MODEL].
+/// configuration order (tenants in world order, connectors in tenant order) \[MODEL\].
 pub(crate) fn match_set<'w>(world: &'w World, evidence: &Evidence) -> Vec<Match<'w>> {
     let mut matches: Vec<Match<'w>> = world
         .tenants
         .iter()
-        .flat_map(|tenant| tenant.connectors.iter().map(move |connector| (tenant, connector)))
+        .flat_map(|tenant| {
+            tenant
+                .connectors
+                .iter()
+                .map(move |connector| (tenant, connector))
+        })
         .filter(|(_, c)| c.enabled && c.kind == ConnectorType::OnPremises)
         .filter_map(|(tenant, connector)| {
             let by_cert = evidence.by_cert(connector);

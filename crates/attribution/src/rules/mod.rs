@@ -16,7 +16,12 @@ use self::incoming::Inbound;
 use self::matching::{Evidence, match_set};
 
 /// See [`crate::classify`].
-pub(crate) fn classify(world: &World, connection: &Connection, message: &Message, ruleset: Ruleset) -> Verdict {
+pub(crate) fn classify(
+    world: &World,
+    connection: &Connection,
+    message: &Message,
+    ruleset: Ruleset,
+) -> Verdict {
     match connection.endpoint {
         Endpoint::Mx => mx(world, connection, message, ruleset),
         Endpoint::Submission => submission::classify(world, connection, message),
@@ -41,7 +46,13 @@ fn mx(world: &World, connection: &Connection, message: &Message, ruleset: Rulese
         };
         let block = originating::service_block(found.tenant, connection, message);
         let connector = Some(found.connector.name.as_str());
-        let outcomes = originating::outcomes(found.tenant, connector, &message.rcpt_to, block.as_ref(), stage);
+        let outcomes = originating::outcomes(
+            found.tenant,
+            connector,
+            &message.rcpt_to,
+            block.as_ref(),
+            stage,
+        );
         let decision = Decision {
             decided_by,
             tenant: Some(&found.tenant.id),
@@ -71,7 +82,7 @@ fn mx(world: &World, connection: &Connection, message: &Message, ruleset: Rulese
 }
 
 /// §5.1 and §5.2: refusals by the front door, before any attribution. The model applies them on
-/// the MX endpoint only; §6 lists the submission endpoint's own replies [MODEL].
+/// the MX endpoint only; §6 lists the submission endpoint's own replies \[MODEL\].
 fn front_door(connection: &Connection) -> Option<Reply> {
     match connection.ip_reputation {
         IpReputation::Banned => Some(Reply::banned_ip(connection.source_ip)),

@@ -33,7 +33,7 @@ pub(crate) fn attribute<'a, 'w>(
 }
 
 /// §3.5 step 1: certificate-matched connectors whose tenant accepts the certificate domain; the
-/// most specific covering domain wins, then configuration order [MODEL].
+/// most specific covering domain wins, then configuration order \[MODEL\].
 fn by_certificate_domain<'a, 'w>(matches: &'a [Match<'w>]) -> Option<&'a Match<'w>> {
     let mut best: Option<(Specificity, &Match<'w>)> = None;
     for m in matches.iter().filter(|m| m.by_cert) {
@@ -50,8 +50,11 @@ fn by_certificate_domain<'a, 'w>(matches: &'a [Match<'w>]) -> Option<&'a Match<'
 
 /// §3.5 steps 2 and 3: members whose tenant accepts the sender domain; the most specific
 /// covering domain wins, then certificate matches before IP matches, then configuration order —
-/// which is the order of `M` [MODEL].
-fn by_sender_domain<'a, 'w>(matches: &'a [Match<'w>], sender_domain: Option<&str>) -> Option<&'a Match<'w>> {
+/// which is the order of `M` \[MODEL\].
+fn by_sender_domain<'a, 'w>(
+    matches: &'a [Match<'w>],
+    sender_domain: Option<&str>,
+) -> Option<&'a Match<'w>> {
     let sender_domain = sender_domain?;
     let mut best: Option<(Specificity, &Match<'w>)> = None;
     for m in matches {
@@ -63,7 +66,11 @@ fn by_sender_domain<'a, 'w>(matches: &'a [Match<'w>], sender_domain: Option<&str
 }
 
 /// The §5.6 block that applies to Originating mail of `tenant`, if any, in the table's order.
-pub(crate) fn service_block(tenant: &Tenant, connection: &Connection, message: &Message) -> Option<Reply> {
+pub(crate) fn service_block(
+    tenant: &Tenant,
+    connection: &Connection,
+    message: &Message,
+) -> Option<Reply> {
     if tenant.outbound_blocked {
         return Some(Reply::tenant_over_threshold());
     }
@@ -72,7 +79,9 @@ pub(crate) fn service_block(tenant: &Tenant, connection: &Connection, message: &
     }
     // exo-attribution.md §5.6c: "P1 domain not covered by the tenant"; a null P1 has no domain,
     // so it is not covered either [MODEL, literal reading].
-    if tenant.unregistered_domain_block && !tenant.accepts(domain::domain_of(&message.mail_from).as_deref()) {
+    if tenant.unregistered_domain_block
+        && !tenant.accepts(domain::domain_of(&message.mail_from).as_deref())
+    {
         return Some(Reply::unregistered_domain());
     }
     None
@@ -95,7 +104,9 @@ pub(crate) fn outcomes<'w>(
                 recipient,
                 tenant: Some(&tenant.id),
                 connector,
-                refusal: block.filter(|_| !internal).map(|reply| (reply.clone(), stage)),
+                refusal: block
+                    .filter(|_| !internal)
+                    .map(|reply| (reply.clone(), stage)),
             }
         })
         .collect()

@@ -19,7 +19,10 @@ pub(crate) fn classify(world: &World, connection: &Connection, message: &Message
 }
 
 /// The STARTTLS and AUTH steps: the user's tenant, or the refusal that ends the session.
-fn authenticated<'w, 'c>(world: &'w World, connection: &'c Connection) -> Result<(&'w Tenant, &'c Auth), (Reply, Stage)> {
+fn authenticated<'w, 'c>(
+    world: &'w World,
+    connection: &'c Connection,
+) -> Result<(&'w Tenant, &'c Auth), (Reply, Stage)> {
     match connection.tls {
         TlsVersion::V1_0 | TlsVersion::V1_1 => return Err((Reply::legacy_tls(), Stage::Starttls)),
         // exo-attribution.md §6: without TLS, AUTH is not offered, so MAIL FROM comes
@@ -36,7 +39,8 @@ fn authenticated<'w, 'c>(world: &'w World, connection: &'c Connection) -> Result
         .and_then(|d| world.tenant_for(&d))
         .map(|(tenant, _)| tenant)
         .ok_or((Reply::authentication_failed(), Stage::Auth))?;
-    if auth.mechanism == AuthMechanism::Basic && tenant.basic_auth_submission == BasicAuth::Retired {
+    if auth.mechanism == AuthMechanism::Basic && tenant.basic_auth_submission == BasicAuth::Retired
+    {
         return Err((Reply::basic_auth_retired(), Stage::Auth));
     }
     Ok((tenant, auth))
@@ -44,7 +48,12 @@ fn authenticated<'w, 'c>(world: &'w World, connection: &'c Connection) -> Result
 
 /// Authenticated: Originating for the user's tenant, unless Send As is denied (§6) or a §5.6
 /// block refuses external recipients (§3.6).
-fn originate<'w>(tenant: &'w Tenant, auth: &Auth, connection: &Connection, message: &'w Message) -> Verdict {
+fn originate<'w>(
+    tenant: &'w Tenant,
+    auth: &Auth,
+    connection: &Connection,
+    message: &'w Message,
+) -> Verdict {
     let mut decision = Decision {
         decided_by: DecidedBy::SmtpAuth,
         tenant: Some(&tenant.id),
@@ -55,16 +64,20 @@ fn originate<'w>(tenant: &'w Tenant, auth: &Auth, connection: &Connection, messa
     };
     if !may_send_as(auth, &message.mail_from) {
         let reply = Reply::send_as_denied(&auth.user, &message.mail_from);
-        return Verdict::assemble(decision, Outcome::refuse_all(&message.rcpt_to, &reply, Stage::EndOfData));
+        return Verdict::assemble(
+            decision,
+            Outcome::refuse_all(&message.rcpt_to, &reply, Stage::EndOfData),
+        );
     }
     let block = originating::service_block(tenant, connection, message);
     decision.relay_allowed = block.is_none();
-    let outcomes = originating::outcomes(tenant, None, &message.rcpt_to, block.as_ref(), Stage::Rcpt);
+    let outcomes =
+        originating::outcomes(tenant, None, &message.rcpt_to, block.as_ref(), Stage::Rcpt);
     Verdict::assemble(decision, outcomes)
 }
 
 /// The sender must be the mailbox itself or one it has Send As rights for; the model checks P1
-/// only (§6 [MODEL]). A null P1 is neither.
+/// only (§6 \[MODEL\]). A null P1 is neither.
 fn may_send_as(auth: &Auth, mail_from: &str) -> bool {
     if mail_from.is_empty() {
         return false;
@@ -77,5 +90,8 @@ fn may_send_as(auth: &Auth, mail_from: &str) -> bool {
 
 fn refuse_session(message: &Message, reply: &Reply, stage: Stage) -> Verdict {
     let decision = Decision::nobody(DecidedBy::SmtpAuth, None);
-    Verdict::assemble(decision, Outcome::refuse_all(&message.rcpt_to, reply, stage))
+    Verdict::assemble(
+        decision,
+        Outcome::refuse_all(&message.rcpt_to, reply, stage),
+    )
 }
