@@ -148,13 +148,15 @@ impl Pending {
         self.envelope.id
     }
 
-    /// Removes whatever files the message has (via the guards), then tells the waiter.
-    fn fail(mut self, error: Error) {
+    /// Removes whatever files the message has (via the guards), counts the failure, then
+    /// tells the waiter (so a waiter that wakes sees the files gone and the count updated).
+    fn fail(mut self, error: Error, stats: &Stats) {
         tracing::warn!(queue_id = %self.id(), error = %error, "commit failed; message not queued");
         self.env_file = None;
         self.msg_file = None;
         drop(self.env_guard.take());
         drop(self.msg_guard.take());
+        stats.failed.fetch_add(1, Ordering::Relaxed);
         // The waiter may be gone (client hung up); nothing more to undo then.
         let _ = self.reply.send(Err(error));
     }
@@ -345,14 +347,18 @@ impl Committer {
         match &self.sender {
             Some(sender) => {
                 if let Err(mpsc::SendError(pending)) = sender.send(pending) {
-                    pending.fail(Error::CommitterStopped {
+                    let error = Error::CommitterStopped {
                         dir: self.root.clone(),
-                    });
+                    };
+                    pending.fail(error, &self.stats);
                 }
             }
-            None => pending.fail(Error::CommitterStopped {
-                dir: self.root.clone(),
-            }),
+            None => {
+                let error = Error::CommitterStopped {
+                    dir: self.root.clone(),
+                };
+                pending.fail(error, &self.stats);
+            }
         }
         handle
     }
@@ -397,23 +403,21 @@ fn run(disk: &Disk, receiver: &mpsc::Receiver<Pending>, max_batch: usize, stats:
         stats
             .largest_batch
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
-        let failed = commit_batch(disk, batch);
-        stats.failed.fetch_add(failed, Ordering::Relaxed);
+        commit_batch(disk, batch, stats);
     }
 }
 
-/// Commits one batch; returns how many messages failed.
-fn commit_batch(disk: &Disk, batch: Vec<Pending>) -> u64 {
+/// Commits one batch, answering every waiter.
+fn commit_batch(disk: &Disk, batch: Vec<Pending>, stats: &Stats) {
     let queue = &disk.layout.queue;
-    let total = batch.len() as u64;
     if let Err(e) = disk.faults().before(Step::BeginBatch {
         messages: batch.len(),
     }) {
         let error = Error::io("commit batch into", queue, e);
         for pending in batch {
-            pending.fail(error.duplicate());
+            pending.fail(error.duplicate(), stats);
         }
-        return total;
+        return;
     }
 
     // 1. Each file's data and metadata on disk, so that a name in queue/ never points at
@@ -422,7 +426,7 @@ fn commit_batch(disk: &Disk, batch: Vec<Pending>) -> u64 {
     for mut pending in batch {
         match sync_files(disk, &mut pending) {
             Ok(()) => synced.push(pending),
-            Err(error) => pending.fail(error),
+            Err(error) => pending.fail(error, stats),
         }
     }
 
@@ -432,25 +436,24 @@ fn commit_batch(disk: &Disk, batch: Vec<Pending>) -> u64 {
     for mut pending in synced {
         match install(disk, &mut pending) {
             Ok(()) => renamed.push(pending),
-            Err(error) => pending.fail(error),
+            Err(error) => pending.fail(error, stats),
         }
     }
     if renamed.is_empty() {
-        return total;
+        return;
     }
 
     // 3. One directory sync makes every rename of the batch durable.
     if let Err(error) = disk.sync_dir(queue) {
         for pending in renamed {
-            pending.fail(error.duplicate());
+            pending.fail(error.duplicate(), stats);
         }
         // Make the removals durable too, if the disk lets us.
         let _ = disk.sync_dir(queue);
-        return total;
+        return;
     }
 
     // 4. Only now may anyone say 250.
-    let mut failed = total - renamed.len() as u64;
     let mut withdrawn = false;
     for mut pending in renamed {
         // Durable: the guards must no longer remove anything.
@@ -474,13 +477,12 @@ fn commit_batch(disk: &Disk, batch: Vec<Pending>) -> u64 {
                 tracing::warn!(queue_id = %id, error = %e, "could not remove abandoned message");
             }
             withdrawn = true;
-            failed += 1;
+            stats.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
     if withdrawn && let Err(e) = disk.sync_dir(queue) {
         tracing::warn!(error = %e, "could not sync removal of abandoned messages");
     }
-    failed
 }
 
 fn sync_files(disk: &Disk, pending: &mut Pending) -> Result<(), Error> {

@@ -107,7 +107,13 @@ impl Layout {
     /// Creates the directories that do not exist yet, private to the owner (mail is personal
     /// data).
     pub(crate) fn create(&self) -> Result<(), Error> {
-        for dir in [&self.root, &self.tmp, &self.queue, &self.hold, &self.corrupt] {
+        for dir in [
+            &self.root,
+            &self.tmp,
+            &self.queue,
+            &self.hold,
+            &self.corrupt,
+        ] {
             let mut builder = fs::DirBuilder::new();
             builder.recursive(true);
             #[cfg(unix)]
@@ -163,14 +169,6 @@ impl Disk {
                     Ok(())
                 }
             })
-            .map_err(|e| Error::io("fsync directory", dir, e))
-    }
-
-    /// fsync an already open directory handle (the committer keeps `queue/` open).
-    pub(crate) fn sync_dir_handle(&self, handle: &File, dir: &Path) -> Result<(), Error> {
-        self.faults
-            .before(Step::SyncDir(dir))
-            .and_then(|()| if self.sync { handle.sync_all() } else { Ok(()) })
             .map_err(|e| Error::io("fsync directory", dir, e))
     }
 
@@ -293,7 +291,10 @@ pub(crate) fn read_envelope(path: &Path, id: QueueId) -> Result<Envelope, Error>
     if envelope.id != id {
         return Err(Error::Inconsistent {
             path: path.to_owned(),
-            reason: format!("envelope says id {} but the file is named {id}", envelope.id),
+            reason: format!(
+                "envelope says id {} but the file is named {id}",
+                envelope.id
+            ),
         });
     }
     Ok(envelope)
@@ -302,7 +303,7 @@ pub(crate) fn read_envelope(path: &Path, id: QueueId) -> Result<Envelope, Error>
 /// Splits a spool file name into id and extension, if it has the form `ID.ext`.
 pub(crate) fn parse_name(name: &str) -> Option<(QueueId, &str)> {
     let (stem, ext) = name.split_once('.')?;
-    let id = stem.parse().ok()?;
+    let id: QueueId = stem.parse().ok()?;
     // Only the canonical upper-case spelling names a spool file; `Display` writes no other.
     if stem != id.to_string() {
         return None;

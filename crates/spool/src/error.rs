@@ -16,7 +16,7 @@ use crate::id::QueueId;
 pub enum Error {
     /// Another process (or another `Spool` in this one) holds the spool's lock file, so this
     /// one must not touch the queue: two daemons sharing a spool would deliver twice.
-    #[error("spool {path} is locked by another process{}", holder_text(*.pid))]
+    #[error("spool lock {path} is held by another process{}", holder_text(*.pid))]
     Locked {
         /// The lock file.
         path: PathBuf,
@@ -64,8 +64,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// An envelope could not be written as TOML (a number above `i64::MAX`, which TOML
-    /// integers cannot hold).
+    /// An envelope could not be written as TOML (not expected with the current fields; kept
+    /// so that a serialiser failure is an error, not a panic).
     #[error("envelope for {path} cannot be serialised: {reason}")]
     Serialize {
         /// The envelope file that was to be written.

@@ -129,7 +129,13 @@ mod tests {
 
     #[test]
     fn rejects_non_ids() {
-        for bad in ["", "x", "01ARZ3NDEKTSV4RRFFQ69G5FA", "01ARZ3NDEKTSV4RRFFQ69G5FAVX", "../../etc/passwd012345678"] {
+        for bad in [
+            "",
+            "x",
+            "01ARZ3NDEKTSV4RRFFQ69G5FA",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAVX",
+            "../../etc/passwd012345678",
+        ] {
             assert!(bad.parse::<QueueId>().is_err(), "{bad:?}");
         }
         // 26 characters but outside the alphabet (U is not Crockford base32).

@@ -1,1 +1,47 @@
-//! placeholder
+//! Durable queue storage for exorelay: a directory of plain files, made crash-safe with
+//! fsync, shared by every connection task through a cloneable [`Spool`] handle.
+//!
+//! The contract the rest of the relay builds on: a message is answered `250` only with a
+//! [`Durable`] in hand, and only the spool makes those, after content and envelope are
+//! fsync'd, renamed into `queue/` and `queue/` itself fsync'd. After a crash at any instant,
+//! [`Spool::open`] finds every such message again (in [`RecoveryReport::queued`]) and
+//! nothing that was not acknowledged.
+//!
+//! # Layout
+//!
+//! * [`id`](QueueId) — time-ordered message ids that name the files.
+//! * `envelope` — the versioned TOML envelope record ([`Envelope`]) with per-recipient state.
+//! * `disk` — the directory layout and the temp → fsync → rename → fsync-dir steps, each
+//!   passing a [`FaultInjector`] so tests can fail it.
+//! * `commit` — [`MessageWriter`], the group committer thread, [`CommitHandle`], [`Durable`].
+//! * `recover` — the start-up scan ([`RecoveryReport`]): remove incomplete, quarantine corrupt.
+//! * `spool` — [`Spool`]: open with lock, then load/update/hold/release/remove by id.
+//! * `reader` — [`SpoolReader`], lock-free read-only access for the CLI.
+//!
+//! On disk (`DIR/`): `lock`, `tmp/`, `queue/ID.msg` + `queue/ID.env`, `hold/` (same pair),
+//! `corrupt/`. See the `disk` module for the rules.
+//!
+//! What the spool does not do: decide when to deliver (the queue manager keeps the
+//! time-ordered index, seeded from the recovery report), or look inside message content.
+
+#![forbid(unsafe_code)]
+
+mod commit;
+mod disk;
+mod envelope;
+mod error;
+mod id;
+mod reader;
+mod recover;
+mod spool;
+
+pub use commit::{CommitHandle, CommitStats, Durable, MessageWriter, WRITE_BUFFER};
+pub use disk::{FaultInjector, NoFaults, Step};
+pub use envelope::{
+    ENVELOPE_VERSION, Envelope, MAX_ENVELOPE_BYTES, MailParameters, Recipient, RecipientState,
+};
+pub use error::Error;
+pub use id::QueueId;
+pub use reader::{ListedMessage, SpoolReader};
+pub use recover::RecoveryReport;
+pub use spool::{Spool, SpoolOptions};

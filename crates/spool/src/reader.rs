@@ -37,7 +37,8 @@ impl SpoolReader {
     /// Opens the spool at `dir` for reading. Fails if `dir/queue` does not exist (not a spool).
     pub fn open(dir: &Path) -> Result<SpoolReader, Error> {
         let layout = Layout::new(dir);
-        let meta = fs::metadata(&layout.queue).map_err(|e| Error::io("open spool", &layout.queue, e))?;
+        let meta =
+            fs::metadata(&layout.queue).map_err(|e| Error::io("open spool", &layout.queue, e))?;
         if !meta.is_dir() {
             return Err(Error::io(
                 "open spool",
@@ -74,7 +75,9 @@ impl SpoolReader {
                 let id = disk::parse_name(name).map(|(id, _)| id);
                 let envelope = match id {
                     Some(id) => match disk::read_envelope(&path, id) {
-                        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                        Err(Error::Io { source, .. })
+                            if source.kind() == io::ErrorKind::NotFound =>
+                        {
                             continue;
                         }
                         other => other,

@@ -108,9 +108,7 @@ pub(crate) fn recover(disk: &Disk) -> Result<RecoveryReport, Error> {
         }
     }
     let mut report = scan.report;
-    report
-        .queued
-        .sort_by(|a, b| (a.next_attempt, a.id).cmp(&(b.next_attempt, b.id)));
+    report.queued.sort_by_key(|e| (e.next_attempt, e.id));
     report.held.sort_by_key(|e| e.id);
     Ok(report)
 }

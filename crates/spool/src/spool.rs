@@ -1,0 +1,286 @@
+//! The [`Spool`] handle: opening (lock + recovery), and every change to a queued message.
+//!
+//! State changes of one message (envelope rewrite, hold, release, remove) are serialised by a
+//! small array of mutexes indexed by id, so two tasks cannot move and rewrite the same message
+//! at once while different messages proceed in parallel. New messages need no such lock:
+//! nobody else knows their id until the commit is done.
+
+use std::fs::TryLockError;
+use std::fs::{File, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+#[cfg(unix)]
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::commit::{CommitHandle, CommitStats, Committer, MessageWriter};
+use crate::disk::{self, Disk, ENV_EXT, FaultInjector, Layout, MSG_EXT, NoFaults};
+use crate::recover::{self, RecoveryReport};
+use crate::{Envelope, Error, QueueId};
+
+/// Number of per-message lock stripes.
+const STRIPES: usize = 64;
+
+/// How a spool behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolOptions {
+    /// fsync files and directories. `true` in production: without it a 250 does not mean the
+    /// message survives a power cut. Tests may turn it off for speed.
+    pub sync: bool,
+    /// Most messages one group commit (one directory fsync) carries, e.g. 256.
+    pub max_batch: usize,
+}
+
+impl Default for SpoolOptions {
+    /// Production settings: `sync: true`, `max_batch: 256`.
+    fn default() -> Self {
+        SpoolOptions {
+            sync: true,
+            max_batch: 256,
+        }
+    }
+}
+
+/// Handle to an open spool. Cheap to clone; all clones share the lock, the committer and the
+/// per-message locks. The spool is closed (committer stopped, lock released) when the last
+/// clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    disk: Disk,
+    /// Declared before `lock` so it stops (finishing queued commits) before the lock goes.
+    committer: Committer,
+    stripes: Vec<Mutex<()>>,
+    /// Held for the life of the spool; the OS releases the lock when it is closed.
+    _lock: File,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `dir`: takes the lock, runs the recovery scan
+    /// (see [`RecoveryReport`]), starts the group committer.
+    ///
+    /// Fails with [`Error::Locked`] while another `Spool` (in any process) has it open.
+    pub fn open(dir: &Path, options: SpoolOptions) -> Result<(Spool, RecoveryReport), Error> {
+        Self::open_with_faults(dir, options, Arc::new(NoFaults))
+    }
+
+    /// [`Spool::open`] with a [`FaultInjector`] consulted before every fsync and rename, for
+    /// tests that need a write to fail.
+    pub fn open_with_faults(
+        dir: &Path,
+        options: SpoolOptions,
+        faults: Arc<dyn FaultInjector>,
+    ) -> Result<(Spool, RecoveryReport), Error> {
+        let layout = Layout::new(dir);
+        layout.create()?;
+        let lock = take_lock(&layout.lock)?;
+        let disk = Disk::new(layout, options.sync, faults);
+        let report = recover::recover(&disk)?;
+        let committer = Committer::start(disk.clone(), options.max_batch)?;
+        tracing::info!(
+            dir = %dir.display(),
+            queued = report.queued.len(),
+            held = report.held.len(),
+            removed_incomplete = report.removed_incomplete.len(),
+            quarantined = report.quarantined.len(),
+            "spool open"
+        );
+        let inner = Inner {
+            disk,
+            committer,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            _lock: lock,
+        };
+        Ok((
+            Spool {
+                inner: Arc::new(inner),
+            },
+            report,
+        ))
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.disk.layout.root
+    }
+
+    /// Starts a new message: a fresh [`QueueId`] and its temporary content file.
+    pub fn create(&self) -> Result<MessageWriter, Error> {
+        MessageWriter::create(&self.inner.disk.layout.tmp)
+    }
+
+    /// Hands a finished message to the group committer. `envelope.id` must be `writer.id()`.
+    ///
+    /// The spool sets `envelope.size` to the bytes written and `envelope.version` to the
+    /// format it writes. This call writes the small envelope file and the writer's last
+    /// buffered chunk, then returns; the fsyncs happen on the committer thread, and the
+    /// returned handle resolves when they are done.
+    pub fn commit(&self, writer: MessageWriter, envelope: Envelope) -> CommitHandle {
+        self.inner
+            .committer
+            .submit(&self.inner.disk, writer, envelope)
+    }
+
+    /// Counters of the group committer so far.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.inner.committer.stats()
+    }
+
+    /// Reads the envelope of message `id` from `queue/` or `hold/`.
+    pub fn load_envelope(&self, id: QueueId) -> Result<Envelope, Error> {
+        let _guard = self.lock(id);
+        let (dir, _) = self.locate(id)?;
+        disk::read_envelope(&Layout::file(dir, id, ENV_EXT), id)
+    }
+
+    /// Replaces the stored envelope of `envelope.id` (in `queue/` or `hold/`, wherever it is)
+    /// atomically: temporary file, fsync, rename, directory fsync. Used after every delivery
+    /// attempt to record recipient states and the next attempt time.
+    ///
+    /// `size` should be left as loaded (start-up checks it against the content file);
+    /// `version` is always written as the current format.
+    pub fn update_envelope(&self, envelope: &Envelope) -> Result<(), Error> {
+        let _guard = self.lock(envelope.id);
+        let (dir, _) = self.locate(envelope.id)?;
+        let mut envelope = envelope.clone();
+        envelope.version = crate::envelope::ENVELOPE_VERSION;
+        self.inner.disk.replace_envelope(&envelope, dir)
+    }
+
+    /// Opens message `id`'s content for reading (for delivery or a DSN).
+    pub fn open_content(&self, id: QueueId) -> Result<File, Error> {
+        let _guard = self.lock(id);
+        let (dir, _) = self.locate(id)?;
+        let path = Layout::file(dir, id, MSG_EXT);
+        File::open(&path).map_err(|e| Error::io("open", &path, e))
+    }
+
+    /// Deletes message `id` (after delivery, or by the operator). The envelope goes first, so
+    /// a crash part-way leaves only a `.msg`, which start-up removes as incomplete.
+    pub fn remove(&self, id: QueueId) -> Result<(), Error> {
+        let _guard = self.lock(id);
+        let (dir, _) = self.locate(id)?;
+        disk::remove_file(&Layout::file(dir, id, ENV_EXT))?;
+        disk::remove_file(&Layout::file(dir, id, MSG_EXT))?;
+        self.inner.disk.sync_dir(dir)
+    }
+
+    /// Moves message `id` to `hold/` with `reason` recorded in its envelope; held messages
+    /// are not delivered until released. Holding a held message updates the reason.
+    pub fn hold(&self, id: QueueId, reason: &str) -> Result<(), Error> {
+        let _guard = self.lock(id);
+        let (dir, held) = self.locate(id)?;
+        let mut envelope = disk::read_envelope(&Layout::file(dir, id, ENV_EXT), id)?;
+        let layout = &self.inner.disk.layout;
+        if !held {
+            self.move_message(id, &layout.queue, &layout.hold)?;
+        }
+        envelope.held_reason = Some(reason.to_owned());
+        self.inner.disk.replace_envelope(&envelope, &layout.hold)
+    }
+
+    /// Moves held message `id` back to `queue/` and clears its hold reason. Releasing a
+    /// message that is not held does nothing. When it is next due is for the caller to set
+    /// with [`Spool::update_envelope`].
+    pub fn release(&self, id: QueueId) -> Result<(), Error> {
+        let _guard = self.lock(id);
+        let (dir, held) = self.locate(id)?;
+        if !held {
+            return Ok(());
+        }
+        let mut envelope = disk::read_envelope(&Layout::file(dir, id, ENV_EXT), id)?;
+        let layout = &self.inner.disk.layout;
+        self.move_message(id, &layout.hold, &layout.queue)?;
+        envelope.held_reason = None;
+        self.inner.disk.replace_envelope(&envelope, &layout.queue)
+    }
+
+    /// Moves both files of `id` from `from` to `to`: envelope first, content second, then
+    /// both directories synced. A crash in between leaves the envelope in `to` and the
+    /// content in `from`, which start-up completes (the envelope's directory wins).
+    fn move_message(&self, id: QueueId, from: &Path, to: &Path) -> Result<(), Error> {
+        let disk = &self.inner.disk;
+        let env_from = Layout::file(from, id, ENV_EXT);
+        let env_to = Layout::file(to, id, ENV_EXT);
+        disk.rename(&env_from, &env_to)?;
+        if let Err(error) = disk.rename(
+            &Layout::file(from, id, MSG_EXT),
+            &Layout::file(to, id, MSG_EXT),
+        ) {
+            // Put the envelope back so the message stays whole where it was. Should that
+            // fail too, start-up still finds envelope and content and reunites them.
+            if let Err(e) = disk.rename(&env_to, &env_from) {
+                tracing::error!(queue_id = %id, error = %e, "could not undo a half-done move; start-up will finish it");
+            }
+            return Err(error);
+        }
+        disk.sync_dir(to)?;
+        disk.sync_dir(from)
+    }
+
+    /// Where message `id` lives: its directory and whether that is `hold/`.
+    fn locate(&self, id: QueueId) -> Result<(&Path, bool), Error> {
+        let layout = &self.inner.disk.layout;
+        if Layout::file(&layout.queue, id, ENV_EXT).exists() {
+            Ok((&layout.queue, false))
+        } else if Layout::file(&layout.hold, id, ENV_EXT).exists() {
+            Ok((&layout.hold, true))
+        } else {
+            Err(Error::NotFound {
+                id,
+                dir: layout.root.clone(),
+            })
+        }
+    }
+
+    /// The lock stripe of message `id`.
+    fn lock(&self, id: QueueId) -> MutexGuard<'_, ()> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        id.hash(&mut hasher);
+        let index = (hasher.finish() % self.inner.stripes.len() as u64) as usize;
+        // The mutex guards no data, only the order of file operations; a panic while it was
+        // held leaves nothing inconsistent in memory, so poisoning is ignored.
+        self.inner.stripes[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Opens and locks `DIR/lock`, then records this process's id in it for humans.
+fn take_lock(path: &PathBuf) -> Result<File, Error> {
+    let mut options = OpenOptions::new();
+    // No truncation before the lock is ours: the file may hold the running daemon's pid.
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| Error::io("open lock file", path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let pid = (&file)
+                .take(32)
+                .read_to_string(&mut text)
+                .ok()
+                .and_then(|_| text.trim().parse().ok());
+            return Err(Error::Locked {
+                path: path.clone(),
+                pid,
+            });
+        }
+        Err(TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
+    }
+    let pid = format!("{}\n", std::process::id());
+    file.set_len(0)
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .map_err(|e| Error::io("write lock file", path, e))?;
+    Ok(file)
+}
