@@ -146,6 +146,12 @@ pub struct Upstream {
     pub port: u16,
     /// TLS policy.
     pub tls: UpstreamTls,
+    /// Name the upstream's certificate must carry; default: the host (or MX host) name.
+    pub server_name: Option<String>,
+    /// Use BDAT (CHUNKING, RFC 3030) when the upstream offers it.
+    pub chunking: bool,
+    /// Most concurrent connections to this upstream.
+    pub max_connections: usize,
     /// Extra trusted CA certificates besides the system roots.
     pub ca_file: Option<PathBuf>,
     /// The client certificate chain and key presented to the upstream.
@@ -362,6 +368,9 @@ impl Validator<'_> {
             host: raw.host,
             port: raw.port,
             tls: raw.tls,
+            server_name: raw.server_name,
+            chunking: raw.chunking,
+            max_connections: raw.max_connections.max(1),
             ca_file,
             client_identity,
             sender_domains: normalise_domains(raw.sender_domains),
@@ -537,6 +546,11 @@ struct RawUpstream {
     port: u16,
     #[serde(default = "defaults::upstream_tls")]
     tls: UpstreamTls,
+    server_name: Option<String>,
+    #[serde(default = "defaults::chunking")]
+    chunking: bool,
+    #[serde(default = "defaults::upstream_connections")]
+    max_connections: usize,
     ca_file: Option<Spanned<PathBuf>>,
     client_cert: Option<Spanned<PathBuf>>,
     client_key: Option<Spanned<PathBuf>>,
@@ -594,6 +608,12 @@ mod defaults {
     }
     pub fn smtp_port() -> u16 {
         25
+    }
+    pub fn upstream_connections() -> usize {
+        10
+    }
+    pub fn chunking() -> bool {
+        true
     }
     pub fn upstream_tls() -> UpstreamTls {
         UpstreamTls::Required

@@ -3,8 +3,12 @@
 
 mod cli;
 mod config;
+mod control;
+mod delivery;
+mod dsn;
 mod inbound;
 mod policy;
+mod queue;
 mod tls;
 
 use clap::Parser;

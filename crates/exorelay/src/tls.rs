@@ -24,6 +24,9 @@ pub enum TlsError {
         /// The parser's complaint.
         detail: String,
     },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
     /// rustls refused the certificate/key pair.
     #[error("certificate {} with key {}: {detail}", cert.display(), key.display())]
     Rejected {
@@ -158,4 +161,33 @@ pub fn certificate_names(cert: &CertificateDer<'_>) -> Vec<String> {
         }
     }
     names
+}
+
+/// The TLS client configuration for an upstream: the system's trust roots plus its `ca_file`,
+/// TLS 1.2 or 1.3 only, presenting its client certificate chain when one is configured.
+pub fn upstream_client_config(
+    upstream: &crate::config::Upstream,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(ca_file) = &upstream.ca_file {
+        for cert in load_ca_file(ca_file)? {
+            roots.add(cert).map_err(|e| TlsError::Pem {
+                path: ca_file.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match &upstream.client_identity {
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain().to_vec(), identity.key())
+            .map_err(|e| TlsError::Config(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
 }

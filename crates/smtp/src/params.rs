@@ -62,7 +62,8 @@ pub enum Body {
 }
 
 impl Body {
-    fn keyword(self) -> &'static str {
+    /// The parameter value as written on the wire, e.g. `8BITMIME`.
+    pub fn keyword(self) -> &'static str {
         match self {
             Body::SevenBit => "7BIT",
             Body::EightBitMime => "8BITMIME",
@@ -78,6 +79,16 @@ pub enum Ret {
     Full,
     /// `HDRS`: return only the headers.
     Headers,
+}
+
+impl Ret {
+    /// The parameter value as written on the wire: `FULL` or `HDRS`.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Ret::Full => "FULL",
+            Ret::Headers => "HDRS",
+        }
+    }
 }
 
 /// Parameters of a MAIL command.
@@ -143,7 +154,10 @@ impl MailParams {
             out.push("SMTPUTF8".to_owned());
         }
         if let Some(ret) = self.ret {
-            out.push(format!("RET={}", if ret == Ret::Full { "FULL" } else { "HDRS" }));
+            out.push(format!(
+                "RET={}",
+                ret.keyword()
+            ));
         }
         if let Some(envid) = &self.envid {
             out.push(format!("ENVID={}", xtext_encode(envid)));
@@ -187,7 +201,8 @@ impl Notify {
         Ok(notify)
     }
 
-    fn keywords(&self) -> String {
+    /// The `NOTIFY=` value as written on the wire, e.g. `SUCCESS,FAILURE`.
+    pub fn keywords(&self) -> String {
         if self.never {
             return "NEVER".to_owned();
         }
@@ -196,7 +211,11 @@ impl Notify {
             (self.failure, "FAILURE"),
             (self.delay, "DELAY"),
         ];
-        let names: Vec<&str> = flags.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
+        let names: Vec<&str> = flags
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
         names.join(",")
     }
 }
@@ -258,13 +277,14 @@ fn split_params(text: &str) -> Result<Vec<(String, Option<&str>)>, ParamError> {
             .chars()
             .next()
             .is_some_and(|c| c.is_ascii_alphanumeric())
-            && keyword.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            && keyword
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
         if !keyword_ok {
             return Err(ParamError::Unknown(squash(keyword)));
         }
-        let value_ok = |v: &str| {
-            !v.is_empty() && v.chars().all(|c| c > ' ' && c != '=' && c != '\u{7f}')
-        };
+        let value_ok =
+            |v: &str| !v.is_empty() && v.chars().all(|c| c > ' ' && c != '=' && c != '\u{7f}');
         if value.is_some_and(|v| !value_ok(v)) {
             return Err(ParamError::BadXtext);
         }
@@ -343,8 +363,14 @@ pub fn xtext_decode(text: &str) -> Result<String, ParamError> {
     while let Some(b) = bytes.next() {
         let decoded = match b {
             b'+' => {
-                let high = bytes.next().and_then(hex_value).ok_or(ParamError::BadXtext)?;
-                let low = bytes.next().and_then(hex_value).ok_or(ParamError::BadXtext)?;
+                let high = bytes
+                    .next()
+                    .and_then(hex_value)
+                    .ok_or(ParamError::BadXtext)?;
+                let low = bytes
+                    .next()
+                    .and_then(hex_value)
+                    .ok_or(ParamError::BadXtext)?;
                 high * 16 + low
             }
             b'!'..=b'~' if b != b'=' => b,
@@ -507,9 +533,13 @@ mod tests {
         ];
         for (input, expected) in table {
             let got = xtext_decode(input).map_err(|_| ());
-            assert_eq!(got.as_deref(), expected, "{input}");
+            assert_eq!(got.as_deref().map_err(|_| ()), expected, "{input}");
         }
-        let encode = [("a+b=c d", "a+2Bb+3Dc+20d"), ("\u{e9}", "+C3+A9"), ("plain", "plain")];
+        let encode = [
+            ("a+b=c d", "a+2Bb+3Dc+20d"),
+            ("\u{e9}", "+C3+A9"),
+            ("plain", "plain"),
+        ];
         for (input, expected) in encode {
             assert_eq!(xtext_encode(input), expected);
         }

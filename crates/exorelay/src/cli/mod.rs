@@ -75,6 +75,31 @@ enum QueueAction {
         /// The queue id (as printed by `queue list` and in the 250 reply).
         id: String,
     },
+    /// Make one message (or all) due for delivery now. Needs the running daemon.
+    Flush {
+        /// The queue id; all messages when omitted.
+        id: Option<String>,
+    },
+    /// Stop delivering a message until it is released.
+    Hold {
+        /// The queue id.
+        id: String,
+    },
+    /// Put a held message back in the queue, due now (e.g. after fixing a connector).
+    Release {
+        /// The queue id.
+        id: String,
+    },
+    /// Remove a message without notifying anyone.
+    Delete {
+        /// The queue id.
+        id: String,
+    },
+    /// Return a message to its sender with a DSN and remove it.
+    Bounce {
+        /// The queue id.
+        id: String,
+    },
 }
 
 /// Sets up `tracing` to standard error.
@@ -108,6 +133,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match action {
                 QueueAction::List => queue::list(&dir),
                 QueueAction::Show { id } => queue::show(&dir, &id),
+                QueueAction::Flush { id } => queue::control(&dir, "flush", id.as_deref()),
+                QueueAction::Hold { id } => queue::control(&dir, "hold", Some(&id)),
+                QueueAction::Release { id } => queue::control(&dir, "release", Some(&id)),
+                QueueAction::Delete { id } => queue::control(&dir, "delete", Some(&id)),
+                QueueAction::Bounce { id } => queue::control(&dir, "bounce", Some(&id)),
             }
         }
     }

@@ -60,3 +60,21 @@ pub fn show(dir: &Path, id: &str) -> anyhow::Result<ExitCode> {
     println!("# content: {}", reader.content_path(id).display());
     Ok(ExitCode::SUCCESS)
 }
+
+/// Sends a queue command to the daemon running on the spool and prints its answer.
+pub fn control(dir: &Path, verb: &str, id: Option<&str>) -> anyhow::Result<ExitCode> {
+    let command = match id {
+        Some(id) => format!("{verb} {id}"),
+        None => verb.to_string(),
+    };
+    match crate::control::send(dir, &command)? {
+        Ok(text) => {
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(text) => {
+            eprintln!("exorelay: {text}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -10,7 +10,9 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::control;
 use crate::inbound::{listener, session::ConnectionContext};
+use crate::queue::manager;
 
 /// How long open sessions may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -46,6 +48,11 @@ async fn serve_async(config: Config) -> anyhow::Result<ExitCode> {
         "spool {} ready",
         config.queue.dir.display()
     );
+    let routes = crate::delivery::route::routes(&config.upstreams)?;
+    let config = Arc::new(config);
+    let queue = manager::start(spool.clone(), config.clone(), routes, report.queued);
+    let control = control::Server::bind(&config.queue.dir, queue.clone())?;
+    tokio::spawn(control.run());
     let listeners = listener::bind(&config.server.listen)?;
     for l in &listeners {
         if let Ok(addr) = l.local_addr() {
@@ -54,8 +61,9 @@ async fn serve_async(config: Config) -> anyhow::Result<ExitCode> {
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(ConnectionContext {
-        config: Arc::new(config),
+        config,
         spool,
+        queue,
     });
     let server = tokio::spawn(listener::run(listeners, ctx, stopped, SHUTDOWN_GRACE));
     shutdown_signal().await?;

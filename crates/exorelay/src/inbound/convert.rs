@@ -1,7 +1,8 @@
 //! From the SMTP session's typed transaction to the spool's stored envelope: addresses in their
 //! canonical forwarding form, ESMTP parameters as the keywords to pass on upstream.
 
-use smtp::{ForwardPath, MailParams, RcptParams, xtext_encode};
+use smtp::params::xtext_encode;
+use smtp::{ForwardPath, MailParams, RcptParams};
 use spool::{MailParameters, Recipient, RecipientState};
 
 /// The MAIL parameters as stored with the message.

@@ -148,7 +148,7 @@ async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>) {
     }
 }
 
-async fn connection(mut stream: TcpStream, addr: SocketAddr, id: u64, ctx: &ConnectionContext) {
+async fn connection(stream: TcpStream, addr: SocketAddr, id: u64, ctx: &ConnectionContext) {
     let _ = stream.set_nodelay(true);
     let ip = canonical_ip(addr.ip());
     let Some(rule) = ctx.config.clients.iter().find(|rule| rule.covers(ip)) else {

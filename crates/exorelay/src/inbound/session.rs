@@ -13,11 +13,13 @@ use smtp::{Output, Reply, Session, Transaction};
 use spool::{Durable, Envelope, MessageWriter, Spool};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout_at};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::{ClientRule, Config};
+use crate::inbound::convert;
 use crate::inbound::received::received_header;
 use crate::policy::relay::RelayPolicy;
+use crate::queue::manager::QueueHandle;
 
 /// Bytes read from the socket per read call; the input buffer never grows far beyond it.
 const READ_CHUNK: usize = 16 * 1024;
@@ -28,6 +30,8 @@ pub struct ConnectionContext {
     pub config: Arc<Config>,
     /// The spool messages are committed to.
     pub spool: Spool,
+    /// The queue manager, told about each message once it is durable.
+    pub queue: QueueHandle,
 }
 
 /// Why the driver loop stopped.
@@ -269,6 +273,7 @@ async fn store(message: OpenMessage, peer: &Peer<'_>, ctx: &ConnectionContext) -
                 recipients,
                 "queued"
             );
+            ctx.queue.queued(durable.envelope().clone());
             Ok(accepted(durable))
         }
         Err(e) => {
@@ -287,22 +292,27 @@ fn accepted(durable: Durable) -> Reply {
 fn envelope_for(message: &OpenMessage, peer: &Peer<'_>) -> Envelope {
     let t = &message.transaction;
     let now = now_unix();
-    let mut envelope = Envelope::new(message.writer.id(), now);
-    envelope.client_ip = crate::config::canonical_ip(peer.addr.ip()).to_string();
-    envelope.client_name = peer.rule.name.clone();
-    envelope.helo = t.helo.clone();
-    envelope.tls = t.tls;
-    envelope.mail_from = t.mail_from.to_string();
-    envelope.params = crate::inbound::convert::mail_parameters(&t.mail_params);
-    envelope.recipients = t
-        .recipients
-        .iter()
-        .map(|(to, params)| crate::inbound::convert::recipient(to, params))
-        .collect();
-    envelope.size = message.writer.bytes_written();
-    envelope.next_attempt = now;
-    debug!(session = peer.session_id, id = %envelope.id, "envelope built");
-    envelope
+    Envelope {
+        version: spool::ENVELOPE_VERSION,
+        id: message.writer.id(),
+        received_at: now,
+        client_ip: crate::config::canonical_ip(peer.addr.ip()).to_string(),
+        client_name: peer.rule.name.clone(),
+        helo: t.helo.clone(),
+        tls: t.tls,
+        mail_from: t.mail_from.mailbox().map(ToString::to_string).unwrap_or_default(),
+        original_mail_from: None,
+        attempts: 0,
+        next_attempt: now,
+        size: message.writer.bytes_written(),
+        held_reason: None,
+        params: convert::mail_parameters(&t.mail_params),
+        recipients: t
+            .recipients
+            .iter()
+            .map(|(to, params)| convert::recipient(to, params))
+            .collect(),
+    }
 }
 
 /// Seconds since the Unix epoch.

@@ -1,0 +1,432 @@
+//! One SMTP client connection to an upstream: connect with a deadline, EHLO, STARTTLS presenting
+//! the client certificate and verifying the server's, EHLO again, then any number of message
+//! transactions (RSET between when one was left open), and QUIT. The protocol decisions are
+//! `smtp::client`'s; this module does the I/O. With `tls = "required"` nothing but EHLO and
+//! STARTTLS is ever sent in plaintext: a missing STARTTLS, a refusal, bytes pipelined behind the
+//! `220` (response injection, security.md §4) or a failed handshake end the connection and defer.
+
+use std::time::Duration;
+
+use smtp::client::{
+    Capabilities, ContentMode, OutgoingEnvelope, ReplyParser, Transaction, TransactionOutcome,
+    TxStep, command_line,
+};
+use smtp::stuff::DotStuffer;
+use smtp::{EnhancedCode, Reply};
+use spool::Envelope;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::delivery::route::{self, Route, Target};
+
+/// RFC 5321 §4.5.3.2 client timeouts, and ours for connecting and the TLS handshake.
+mod timeouts {
+    use std::time::Duration;
+    pub const CONNECT: Duration = Duration::from_secs(30);
+    pub const GREETING: Duration = Duration::from_secs(300);
+    pub const COMMAND: Duration = Duration::from_secs(300);
+    pub const TLS_HANDSHAKE: Duration = Duration::from_secs(60);
+    pub const DATA_BLOCK: Duration = Duration::from_secs(180);
+    pub const FINAL: Duration = Duration::from_secs(600);
+    pub const QUIT: Duration = Duration::from_secs(10);
+}
+
+/// Bytes of content read from the spool per write.
+const CONTENT_CHUNK: usize = 64 * 1024;
+
+/// Why a connection failed; every variant defers the message (transient by nature).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliveryError {
+    /// No address could be found or connected to.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The server's greeting or EHLO reply was not positive.
+    #[error("{phase} refused: {reply}")]
+    Refused {
+        /// Which step.
+        phase: &'static str,
+        /// The server's reply.
+        reply: Reply,
+    },
+    /// TLS is required but the server does not offer STARTTLS.
+    #[error("TLS required but the server does not offer STARTTLS; nothing was sent in plaintext")]
+    NoStartTls,
+    /// The server sent bytes after its `220` to STARTTLS.
+    #[error("bytes after the STARTTLS 220 reply (response injection); connection dropped")]
+    StartTlsInjection,
+    /// The TLS handshake or certificate verification failed.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(String),
+    /// The server's reply could not be parsed or broke a bound.
+    #[error("bad reply: {0}")]
+    Protocol(String),
+    /// No reply within the phase's deadline.
+    #[error("timeout waiting for the reply to {0}")]
+    Timeout(&'static str),
+    /// The connection broke.
+    #[error("connection error: {0}")]
+    Io(String),
+    /// The spool could not be read.
+    #[error("cannot read the message: {0}")]
+    Spool(String),
+}
+
+impl DeliveryError {
+    /// The enhanced status code to record: 4.7.x for TLS failures, 4.4.x for network ones.
+    pub fn enhanced(&self) -> EnhancedCode {
+        match self {
+            DeliveryError::NoStartTls | DeliveryError::StartTlsInjection => EnhancedCode::new(4, 7, 10),
+            DeliveryError::Handshake(_) => EnhancedCode::new(4, 7, 5),
+            DeliveryError::Refused { reply, .. } => reply
+                .enhanced()
+                .map_or(EnhancedCode::new(4, 4, 0), |e| EnhancedCode::new(4, e.subject, e.detail)),
+            DeliveryError::Timeout(_) => EnhancedCode::new(4, 4, 2),
+            DeliveryError::Spool(_) => EnhancedCode::new(4, 3, 0),
+            _ => EnhancedCode::new(4, 4, 1),
+        }
+    }
+
+    /// The error as a transient reply value, for per-recipient records and logs.
+    pub fn as_reply(&self) -> Reply {
+        Reply::new(451, Some(self.enhanced()), self.to_string())
+    }
+}
+
+impl From<std::io::Error> for DeliveryError {
+    fn from(e: std::io::Error) -> Self {
+        DeliveryError::Io(e.to_string())
+    }
+}
+
+/// A stream the connection can talk over: plain TCP or TLS on top of it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Reads replies from a stream with deadlines.
+struct Replies {
+    input: Vec<u8>,
+    parser: ReplyParser,
+}
+
+impl Replies {
+    fn new() -> Self {
+        Replies {
+            input: Vec::with_capacity(4096),
+            parser: ReplyParser::new(),
+        }
+    }
+
+    async fn read<S: AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        stream: &mut S,
+        phase: &'static str,
+        limit: Duration,
+    ) -> Result<Reply, DeliveryError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.parser.parse(&mut self.input) {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {}
+                Err(e) => return Err(DeliveryError::Protocol(e.to_string())),
+            }
+            let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Ok(Ok(0)) => return Err(DeliveryError::Io(format!("connection closed during {phase}"))),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(DeliveryError::Timeout(phase)),
+            };
+            self.input.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+    }
+}
+
+/// An established session with an upstream, ready for transactions.
+pub struct Connection {
+    io: Box<dyn Io>,
+    replies: Replies,
+    caps: Capabilities,
+    chunking: bool,
+    /// The host connected to (for logs and `Remote-MTA`).
+    pub host: String,
+    /// Whether the session is encrypted.
+    pub tls: bool,
+}
+
+async fn write_all<S: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    bytes: &[u8],
+    phase: &'static str,
+) -> Result<(), DeliveryError> {
+    match timeout(timeouts::DATA_BLOCK, stream.write_all(bytes)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(DeliveryError::Timeout(phase)),
+    }
+}
+
+/// Sends EHLO (HELO when EHLO is refused and TLS is not required) and returns the capabilities.
+async fn hello<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    replies: &mut Replies,
+    helo: &str,
+) -> Result<Capabilities, DeliveryError> {
+    let line = command_line("EHLO", helo).map_err(|e| DeliveryError::Protocol(e.to_string()))?;
+    write_all(stream, &line, "EHLO").await?;
+    let reply = replies.read(stream, "EHLO", timeouts::COMMAND).await?;
+    if !reply.is_positive() {
+        return Err(DeliveryError::Refused {
+            phase: "EHLO",
+            reply,
+        });
+    }
+    Ok(Capabilities::from_ehlo(&reply))
+}
+
+impl Connection {
+    /// Connects to the route's first reachable target and sets the session up.
+    pub async fn open(route: &Route, helo: &str) -> Result<Connection, DeliveryError> {
+        let targets = route::resolve(route).await.map_err(DeliveryError::Connect)?;
+        let mut last_error = DeliveryError::Connect(format!("no address for {}", route.upstream.host));
+        for target in targets {
+            match timeout(timeouts::CONNECT, TcpStream::connect(target.addr)).await {
+                Ok(Ok(tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Connection::establish(tcp, &target, route, helo).await;
+                }
+                Ok(Err(e)) => last_error = DeliveryError::Connect(format!("{}: {e}", target.addr)),
+                Err(_) => last_error = DeliveryError::Connect(format!("{}: connect timed out", target.addr)),
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn establish(
+        mut tcp: TcpStream,
+        target: &Target,
+        route: &Route,
+        helo: &str,
+    ) -> Result<Connection, DeliveryError> {
+        let mut replies = Replies::new();
+        let greeting = replies.read(&mut tcp, "greeting", timeouts::GREETING).await?;
+        if greeting.code() != 220 {
+            return Err(DeliveryError::Refused {
+                phase: "greeting",
+                reply: greeting,
+            });
+        }
+        let caps = hello(&mut tcp, &mut replies, helo).await?;
+        let chunking = route.upstream.chunking;
+        let Some(tls_config) = &route.tls else {
+            return Ok(Connection {
+                io: Box::new(tcp),
+                replies,
+                caps,
+                chunking,
+                host: target.host.clone(),
+                tls: false,
+            });
+        };
+        if !caps.starttls {
+            return Err(DeliveryError::NoStartTls);
+        }
+        write_all(&mut tcp, b"STARTTLS\r\n", "STARTTLS").await?;
+        let reply = replies.read(&mut tcp, "STARTTLS", timeouts::COMMAND).await?;
+        if reply.code() != 220 {
+            return Err(DeliveryError::Refused {
+                phase: "STARTTLS",
+                reply,
+            });
+        }
+        // Whatever arrived with or after the 220 was sent in plaintext and must never be read
+        // as a reply after the handshake (CVE-2021-38371 class).
+        if !replies.input.is_empty() {
+            return Err(DeliveryError::StartTlsInjection);
+        }
+        let name = route::server_name(route, target).map_err(DeliveryError::Handshake)?;
+        let connector = tokio_rustls::TlsConnector::from(tls_config.clone());
+        let mut tls = match timeout(timeouts::TLS_HANDSHAKE, connector.connect(name, tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(DeliveryError::Handshake(e.to_string())),
+            Err(_) => return Err(DeliveryError::Timeout("TLS handshake")),
+        };
+        let mut replies = Replies::new();
+        let caps = hello(&mut tls, &mut replies, helo).await?;
+        Ok(Connection {
+            io: Box::new(tls),
+            replies,
+            caps,
+            chunking,
+            host: target.host.clone(),
+            tls: true,
+        })
+    }
+
+    /// Sends one message; `Err` means the connection failed and must be dropped (every
+    /// recipient not yet answered is deferred by the caller).
+    pub async fn deliver(
+        &mut self,
+        envelope: &Envelope,
+        content: std::fs::File,
+    ) -> Result<TransactionOutcome, DeliveryError> {
+        if !self.caps.accepts_size(envelope.size) {
+            let reply = Reply::new(
+                552,
+                Some(EnhancedCode::new(5, 3, 4)),
+                format!("message of {} octets exceeds the upstream's SIZE limit", envelope.size),
+            );
+            return Ok(refuse_all(envelope, reply));
+        }
+        let mode = if self.chunking && self.caps.chunking {
+            ContentMode::Bdat {
+                size: envelope.size,
+            }
+        } else {
+            ContentMode::Data
+        };
+        let outgoing = outgoing_envelope(envelope, &self.caps);
+        let (mut tx, mut step) = Transaction::start(outgoing, mode, self.caps.pipelining)
+            .map_err(|e| DeliveryError::Protocol(e.to_string()))?;
+        let mut content = Some(tokio::fs::File::from_std(content));
+        loop {
+            step = match step {
+                TxStep::Send(bytes) => {
+                    write_all(&mut self.io, &bytes, "command").await?;
+                    if tx.content_follows_command() {
+                        let file = content.take().ok_or(DeliveryError::Protocol("content sent twice".into()))?;
+                        send_raw(&mut self.io, file).await?;
+                        let reply = self.replies.read(&mut self.io, "BDAT", timeouts::FINAL).await?;
+                        tx.on_reply(reply)
+                    } else {
+                        let reply = self.replies.read(&mut self.io, "command", timeouts::COMMAND).await?;
+                        tx.on_reply(reply)
+                    }
+                }
+                TxStep::ReadReply => {
+                    let reply = self.replies.read(&mut self.io, "command", timeouts::COMMAND).await?;
+                    tx.on_reply(reply)
+                }
+                TxStep::SendContent => {
+                    let file = content.take().ok_or(DeliveryError::Protocol("content sent twice".into()))?;
+                    send_stuffed(&mut self.io, file).await?;
+                    let reply = self.replies.read(&mut self.io, "end of data", timeouts::FINAL).await?;
+                    tx.on_reply(reply)
+                }
+                TxStep::Done(outcome) => {
+                    if outcome.needs_reset {
+                        self.reset().await?;
+                    }
+                    return Ok(outcome);
+                }
+            };
+        }
+    }
+
+    /// RSET, so the next transaction starts clean.
+    async fn reset(&mut self) -> Result<(), DeliveryError> {
+        write_all(&mut self.io, b"RSET\r\n", "RSET").await?;
+        let reply = self.replies.read(&mut self.io, "RSET", timeouts::COMMAND).await?;
+        if reply.is_positive() {
+            Ok(())
+        } else {
+            Err(DeliveryError::Refused { phase: "RSET", reply })
+        }
+    }
+
+    /// Says goodbye politely; errors are irrelevant by now.
+    pub async fn quit(mut self) {
+        if write_all(&mut self.io, b"QUIT\r\n", "QUIT").await.is_ok() {
+            let _ = self.replies.read(&mut self.io, "QUIT", timeouts::QUIT).await;
+        }
+        let _ = self.io.shutdown().await;
+    }
+}
+
+/// Every recipient refused with the same reply (a local decision before sending).
+fn refuse_all(envelope: &Envelope, reply: Reply) -> TransactionOutcome {
+    TransactionOutcome {
+        mail_refused: Some(reply.clone()),
+        recipients: vec![reply; envelope.recipients.iter().filter(|r| !r.state.is_final()).count()],
+        delivered: false,
+        needs_reset: false,
+    }
+}
+
+/// The envelope as sent: only recipients still pending or deferred, ESMTP parameters only where
+/// the upstream offers the extension.
+fn outgoing_envelope(envelope: &Envelope, caps: &Capabilities) -> OutgoingEnvelope {
+    let p = &envelope.params;
+    let mut mail_params = vec![format!("SIZE={}", envelope.size)];
+    if let Some(body) = p.body.as_deref().filter(|_| caps.eight_bit_mime) {
+        mail_params.push(format!("BODY={body}"));
+    }
+    if p.smtputf8 && caps.smtputf8 {
+        mail_params.push("SMTPUTF8".into());
+    }
+    if caps.dsn {
+        if let Some(ret) = &p.ret {
+            mail_params.push(format!("RET={ret}"));
+        }
+        if let Some(envid) = &p.envid {
+            mail_params.push(format!("ENVID={envid}"));
+        }
+    }
+    let recipients = envelope
+        .recipients
+        .iter()
+        .filter(|r| !r.state.is_final())
+        .map(|r| {
+            let mut params = Vec::new();
+            if caps.dsn {
+                if let Some(notify) = &r.notify {
+                    params.push(format!("NOTIFY={notify}"));
+                }
+                if let Some(orcpt) = &r.orcpt {
+                    params.push(format!("ORCPT={orcpt}"));
+                }
+            }
+            (r.address.clone(), params.join(" "))
+        })
+        .collect();
+    OutgoingEnvelope {
+        mail_from: envelope.mail_from.clone(),
+        mail_params: mail_params.join(" "),
+        recipients,
+    }
+}
+
+/// Streams the content dot-stuffed, ending with the terminator (DATA).
+async fn send_stuffed(io: &mut Box<dyn Io>, mut file: tokio::fs::File) -> Result<(), DeliveryError> {
+    let mut stuffer = DotStuffer::new();
+    let mut buf = vec![0u8; CONTENT_CHUNK];
+    let mut out = Vec::with_capacity(CONTENT_CHUNK + CONTENT_CHUNK / 32);
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| DeliveryError::Spool(e.to_string()))?;
+        out.clear();
+        if n == 0 {
+            stuffer.finish(&mut out);
+            write_all(io, &out, "end of data").await?;
+            return Ok(());
+        }
+        stuffer.push(buf.get(..n).unwrap_or_default(), &mut out);
+        write_all(io, &out, "data").await?;
+    }
+}
+
+/// Streams the content as is (one BDAT LAST chunk).
+async fn send_raw(io: &mut Box<dyn Io>, mut file: tokio::fs::File) -> Result<(), DeliveryError> {
+    let mut buf = vec![0u8; CONTENT_CHUNK];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| DeliveryError::Spool(e.to_string()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        write_all(io, buf.get(..n).unwrap_or_default(), "BDAT").await?;
+    }
+}

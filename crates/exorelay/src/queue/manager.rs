@@ -1,0 +1,511 @@
+//! The queue manager: one task that owns every state change of queued messages. It keeps the
+//! time-ordered schedule, hands due messages to per-upstream delivery workers (a concurrency
+//! limit per upstream, each worker reusing its connection for message after message), writes
+//! each attempt's per-recipient outcome back to the spool, schedules retries on the back-off
+//! list, expires old messages, queues DSNs, holds messages that only a configuration change can
+//! fix, and carries out the administrator's queue commands — deferring those that concern a
+//! message in flight until its attempt ends, so no command races a delivery.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp::Reply;
+use smtp::client::TransactionOutcome;
+use spool::{Envelope, QueueId, RecipientState, Spool};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::delivery::client::{Connection, DeliveryError};
+use crate::delivery::exo::{self, Decision};
+use crate::delivery::route::{self, Route};
+use crate::inbound::session::now_unix;
+use crate::queue::bounce;
+use crate::queue::schedule::{Due, Schedule, expired, retry_delay};
+
+/// How long a worker keeps an idle connection open, waiting for another message.
+const CONNECTION_IDLE: Duration = Duration::from_secs(5);
+/// Most messages one connection carries before it is closed and a new one opened.
+const MESSAGES_PER_CONNECTION: usize = 1000;
+
+/// An administrator's command on the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Make one message, or every message, due now.
+    Flush(Option<QueueId>),
+    /// Stop delivering a message until released.
+    Hold(QueueId),
+    /// Put a held message back on the schedule, due now.
+    Release(QueueId),
+    /// Remove a message without telling anyone.
+    Delete(QueueId),
+    /// Give up on a message's remaining recipients and send a DSN.
+    Bounce(QueueId),
+}
+
+/// Messages for the manager.
+enum Event {
+    /// A message was committed to the spool.
+    Queued(Envelope),
+    /// A delivery attempt ended.
+    Attempted {
+        id: QueueId,
+        host: Option<String>,
+        result: Result<TransactionOutcome, DeliveryError>,
+    },
+    /// An administrator's command, answered on `reply`.
+    Command {
+        command: Command,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+}
+
+/// The handle sessions and the control socket use to reach the manager.
+#[derive(Clone)]
+pub struct QueueHandle {
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl QueueHandle {
+    /// Tells the manager about a message that is now durable.
+    pub fn queued(&self, envelope: Envelope) {
+        let _ = self.events.send(Event::Queued(envelope));
+    }
+
+    /// Runs an administrator's command; the text says what was done.
+    pub async fn command(&self, command: Command) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::Command { command, reply })
+            .map_err(|_| "the queue manager has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the queue manager has stopped".to_string())?
+    }
+}
+
+/// A message handed to a worker.
+struct Job {
+    envelope: Envelope,
+}
+
+/// What is pending for a message that is being delivered right now.
+#[derive(Debug, Default)]
+struct InFlight {
+    after: Option<Command>,
+}
+
+/// The manager's state.
+struct Manager {
+    spool: Spool,
+    config: Arc<Config>,
+    routes: Vec<Arc<Route>>,
+    workers: HashMap<String, mpsc::UnboundedSender<Job>>,
+    schedule: Schedule,
+    in_flight: HashMap<QueueId, InFlight>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+/// Starts the manager and its workers, seeded with the recovered queue. Returns the handle.
+pub fn start(
+    spool: Spool,
+    config: Arc<Config>,
+    routes: Vec<Arc<Route>>,
+    recovered: Vec<Envelope>,
+) -> QueueHandle {
+    let (events, inbox) = mpsc::unbounded_channel();
+    let mut manager = Manager {
+        spool,
+        config,
+        routes,
+        workers: HashMap::new(),
+        schedule: Schedule::default(),
+        in_flight: HashMap::new(),
+        events: events.clone(),
+    };
+    for envelope in recovered {
+        manager.schedule.insert(envelope.id, envelope.next_attempt);
+    }
+    manager.start_workers();
+    tokio::spawn(manager.run(inbox));
+    QueueHandle { events }
+}
+
+impl Manager {
+    fn start_workers(&mut self) {
+        for route in &self.routes {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..route.upstream.max_connections {
+                tokio::spawn(worker(
+                    route.clone(),
+                    rx.clone(),
+                    self.spool.clone(),
+                    self.config.server.hostname.clone(),
+                    self.events.clone(),
+                ));
+            }
+            self.workers.insert(route.upstream.name.clone(), tx);
+        }
+    }
+
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Event>) {
+        loop {
+            let wait = self.dispatch_due();
+            let event = tokio::select! {
+                event = inbox.recv() => event,
+                () = tokio::time::sleep(wait) => continue,
+            };
+            let Some(event) = event else { return };
+            match event {
+                Event::Queued(envelope) => {
+                    self.schedule.insert(envelope.id, envelope.next_attempt);
+                }
+                Event::Attempted { id, host, result } => self.attempted(id, host, result),
+                Event::Command { command, reply } => {
+                    let _ = reply.send(self.command(command));
+                }
+            }
+        }
+    }
+
+    /// Hands every due message to its upstream's workers; returns how long to sleep.
+    fn dispatch_due(&mut self) -> Duration {
+        let now = now_unix();
+        let ids = match self.schedule.pop_due(now, usize::MAX) {
+            Due::Ready(ids) => ids,
+            Due::WaitUntil(at) => return Duration::from_secs(at.saturating_sub(now).max(1)),
+            Due::Empty => return Duration::from_secs(3600),
+        };
+        for id in ids {
+            self.dispatch(id, now);
+        }
+        Duration::from_secs(1)
+    }
+
+    fn dispatch(&mut self, id: QueueId, now: u64) {
+        let envelope = match blocking(|| self.spool.load_envelope(id)) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                warn!(%id, "cannot load the envelope, not delivering: {e}");
+                return;
+            }
+        };
+        if expired(envelope.received_at, now, self.config.queue.max_age) {
+            let reason = Reply::new(
+                554,
+                Some(smtp::EnhancedCode::new(5, 4, 7)),
+                format!(
+                    "delivery time expired after {}",
+                    humantime::format_duration(self.config.queue.max_age)
+                ),
+            );
+            self.give_up(envelope, &reason, None);
+            return;
+        }
+        let Some(route) = route::choose(&self.routes, &envelope.mail_from) else {
+            let reason = Reply::new(
+                451,
+                Some(smtp::EnhancedCode::new(4, 3, 5)),
+                "no [[upstream]] matches the sender's domain and none is the default; add one",
+            );
+            warn!(%id, "{reason}");
+            self.defer_all(envelope, &reason, now);
+            return;
+        };
+        let Some(worker) = self.workers.get(&route.upstream.name) else {
+            return;
+        };
+        self.in_flight.insert(id, InFlight::default());
+        let _ = worker.send(Job { envelope });
+    }
+
+    /// Applies an attempt's outcome, then any command that waited for it.
+    fn attempted(
+        &mut self,
+        id: QueueId,
+        host: Option<String>,
+        result: Result<TransactionOutcome, DeliveryError>,
+    ) {
+        let pending = self.in_flight.remove(&id).unwrap_or_default();
+        match blocking(|| self.spool.load_envelope(id)) {
+            Ok(envelope) => self.record(envelope, host, result),
+            Err(e) => warn!(%id, "attempt finished but the envelope is unreadable: {e}"),
+        }
+        if let Some(command) = pending.after {
+            if let Err(e) = self.command(command) {
+                info!(%id, "queued command after the attempt: {e}");
+            }
+        }
+    }
+
+    /// Writes the per-recipient outcome of an attempt and decides what happens next.
+    fn record(
+        &mut self,
+        mut envelope: Envelope,
+        host: Option<String>,
+        result: Result<TransactionOutcome, DeliveryError>,
+    ) {
+        let now = now_unix();
+        envelope.attempts += 1;
+        let replies: Vec<Reply> = match &result {
+            Ok(outcome) => outcome.recipients.clone(),
+            Err(e) => {
+                info!(id = %envelope.id, "deferred: {e}");
+                vec![e.as_reply(); pending(&envelope).count()]
+            }
+        };
+        let mut hold: Option<String> = None;
+        let mut failed = Vec::new();
+        let indexes: Vec<usize> = pending(&envelope).map(|(i, _)| i).collect();
+        for (index, reply) in indexes.into_iter().zip(replies) {
+            let Some(recipient) = envelope.recipients.get_mut(index) else { continue };
+            recipient.attempts += 1;
+            recipient.last_reply = Some(reply.to_string());
+            if reply.code() / 100 == 2 {
+                recipient.state = RecipientState::Delivered;
+                info!(
+                    id = %envelope.id,
+                    to = %recipient.address,
+                    relay = host.as_deref().unwrap_or("-"),
+                    "delivered: {reply}"
+                );
+                continue;
+            }
+            let diagnosis = exo::diagnose(&reply);
+            match diagnosis.decision {
+                Decision::Defer => recipient.state = RecipientState::Deferred,
+                Decision::Fail => {
+                    recipient.state = RecipientState::Failed;
+                    failed.push(index);
+                    info!(id = %envelope.id, to = %recipient.address, "failed: {reply}");
+                }
+                Decision::Hold => {
+                    recipient.state = RecipientState::Deferred;
+                    hold = Some(format!(
+                        "{reply} | cause: {} | fix: {}",
+                        diagnosis.cause, diagnosis.fix
+                    ));
+                }
+            }
+        }
+        if !failed.is_empty() {
+            self.bounce(&envelope, &failed, host.as_deref());
+        }
+        if envelope.is_finished() {
+            self.remove(envelope.id);
+            return;
+        }
+        if let Some(reason) = hold {
+            warn!(id = %envelope.id, "held: {reason}");
+            envelope.held_reason = Some(reason.clone());
+            self.update(&envelope);
+            if let Err(e) = blocking(|| self.spool.hold(envelope.id, &reason)) {
+                warn!(id = %envelope.id, "cannot hold: {e}");
+            }
+            return;
+        }
+        let delay = retry_delay(&self.config.queue.retry, envelope.attempts);
+        envelope.next_attempt = now + delay.as_secs().max(1);
+        self.update(&envelope);
+        self.schedule.insert(envelope.id, envelope.next_attempt);
+    }
+
+    /// Defers every pending recipient with `reason` (no attempt was made).
+    fn defer_all(&mut self, mut envelope: Envelope, reason: &Reply, now: u64) {
+        for index in pending(&envelope).map(|(i, _)| i).collect::<Vec<_>>() {
+            if let Some(r) = envelope.recipients.get_mut(index) {
+                r.state = RecipientState::Deferred;
+                r.last_reply = Some(reason.to_string());
+            }
+        }
+        envelope.attempts += 1;
+        envelope.next_attempt = now + retry_delay(&self.config.queue.retry, envelope.attempts).as_secs().max(1);
+        self.update(&envelope);
+        self.schedule.insert(envelope.id, envelope.next_attempt);
+    }
+
+    /// Fails every pending recipient with `reason`, sends the DSN and removes the message.
+    fn give_up(&mut self, mut envelope: Envelope, reason: &Reply, host: Option<&str>) {
+        let indexes: Vec<usize> = pending(&envelope).map(|(i, _)| i).collect();
+        for &index in &indexes {
+            if let Some(r) = envelope.recipients.get_mut(index) {
+                r.state = RecipientState::Failed;
+                r.last_reply = Some(reason.to_string());
+            }
+        }
+        info!(id = %envelope.id, "given up: {reason}");
+        self.bounce(&envelope, &indexes, host);
+        self.remove(envelope.id);
+    }
+
+    fn bounce(&mut self, envelope: &Envelope, failed: &[usize], host: Option<&str>) {
+        let dsn = blocking(|| {
+            bounce::failure_notice(&self.spool, &self.config, envelope, failed, host, now_unix())
+        });
+        match dsn {
+            Ok(Some(dsn)) => {
+                info!(id = %envelope.id, dsn = %dsn.id, to = %dsn.recipients.first().map_or("", |r| r.address.as_str()), "DSN queued");
+                self.schedule.insert(dsn.id, dsn.next_attempt);
+            }
+            Ok(None) => {}
+            Err(e) => warn!(id = %envelope.id, "cannot queue the DSN: {e}"),
+        }
+    }
+
+    fn update(&self, envelope: &Envelope) {
+        if let Err(e) = blocking(|| self.spool.update_envelope(envelope)) {
+            warn!(id = %envelope.id, "cannot record the attempt: {e}");
+        }
+    }
+
+    fn remove(&mut self, id: QueueId) {
+        self.schedule.remove(id);
+        if let Err(e) = blocking(|| self.spool.remove(id)) {
+            warn!(%id, "cannot remove: {e}");
+        }
+    }
+
+    /// Carries out an administrator's command now, or after the message's attempt.
+    fn command(&mut self, command: Command) -> Result<String, String> {
+        let now = now_unix();
+        let target = match command {
+            Command::Flush(None) => {
+                let count = self.schedule.len();
+                self.schedule.flush(now);
+                return Ok(format!("{count} message(s) due now"));
+            }
+            Command::Flush(Some(id))
+            | Command::Hold(id)
+            | Command::Release(id)
+            | Command::Delete(id)
+            | Command::Bounce(id) => id,
+        };
+        if let Some(flight) = self.in_flight.get_mut(&target) {
+            flight.after = Some(command);
+            return Ok(format!("{target} is being delivered; the command runs when the attempt ends"));
+        }
+        match command {
+            Command::Flush(_) => {
+                if !self.schedule.contains(target) {
+                    return Err(format!("{target} is not scheduled (held or unknown)"));
+                }
+                self.schedule.insert(target, now);
+                Ok(format!("{target} due now"))
+            }
+            Command::Hold(_) => {
+                self.schedule.remove(target);
+                blocking(|| self.spool.hold(target, "held by the administrator"))
+                    .map_err(|e| e.to_string())?;
+                Ok(format!("{target} held"))
+            }
+            Command::Release(_) => {
+                let mut envelope = blocking(|| self.spool.load_envelope(target)).map_err(|e| e.to_string())?;
+                blocking(|| self.spool.release(target)).map_err(|e| e.to_string())?;
+                envelope.held_reason = None;
+                envelope.next_attempt = now;
+                self.update(&envelope);
+                self.schedule.insert(target, now);
+                Ok(format!("{target} released, due now"))
+            }
+            Command::Delete(_) => {
+                blocking(|| self.spool.load_envelope(target)).map_err(|e| e.to_string())?;
+                self.remove(target);
+                Ok(format!("{target} deleted"))
+            }
+            Command::Bounce(_) => {
+                let envelope = blocking(|| self.spool.load_envelope(target)).map_err(|e| e.to_string())?;
+                let reason = Reply::new(
+                    554,
+                    Some(smtp::EnhancedCode::new(5, 0, 0)),
+                    "returned to the sender by the relay's administrator",
+                );
+                self.give_up(envelope, &reason, None);
+                Ok(format!("{target} bounced"))
+            }
+        }
+    }
+}
+
+/// The recipients still to be delivered, with their index in the envelope.
+fn pending(envelope: &Envelope) -> impl Iterator<Item = (usize, &spool::Recipient)> {
+    envelope
+        .recipients
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.state.is_final())
+}
+
+/// Runs a short blocking spool operation (file writes, fsync) without stalling other tasks.
+fn blocking<T>(op: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(op)
+}
+
+/// A delivery worker: takes messages for one upstream, one at a time, keeping its connection
+/// open while more messages come within [`CONNECTION_IDLE`].
+async fn worker(
+    route: Arc<Route>,
+    jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    spool: Spool,
+    helo: String,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut connection: Option<Connection> = None;
+    let mut carried = 0;
+    loop {
+        let job = {
+            let mut jobs = jobs.lock().await;
+            if connection.is_some() {
+                match tokio::time::timeout(CONNECTION_IDLE, jobs.recv()).await {
+                    Ok(job) => job,
+                    Err(_) => {
+                        drop(jobs);
+                        if let Some(c) = connection.take() {
+                            c.quit().await;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                jobs.recv().await
+            }
+        };
+        let Some(Job { envelope }) = job else { return };
+        if connection.is_none() || carried >= MESSAGES_PER_CONNECTION {
+            if let Some(c) = connection.take() {
+                c.quit().await;
+            }
+            carried = 0;
+            match Connection::open(&route, &helo).await {
+                Ok(c) => {
+                    info!(upstream = %route.upstream.name, host = %c.host, tls = c.tls, "connected");
+                    connection = Some(c);
+                }
+                Err(e) => {
+                    let _ = events.send(Event::Attempted {
+                        id: envelope.id,
+                        host: None,
+                        result: Err(e),
+                    });
+                    continue;
+                }
+            }
+        }
+        let Some(conn) = connection.as_mut() else { continue };
+        let host = Some(conn.host.clone());
+        let result = match spool.open_content(envelope.id) {
+            Ok(content) => conn.deliver(&envelope, content).await,
+            Err(e) => Err(DeliveryError::Spool(e.to_string())),
+        };
+        carried += 1;
+        if matches!(result, Err(_)) {
+            connection = None;
+        }
+        let _ = events.send(Event::Attempted {
+            id: envelope.id,
+            host,
+            result,
+        });
+    }
+}
