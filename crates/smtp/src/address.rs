@@ -529,20 +529,64 @@ mod tests {
     fn forward_paths() {
         let table: &[(&str, bool, Result<&str, &str>)] = &[
             ("<user@example.com>", false, Ok("user@example.com|")),
-            ("<user@example.com> NOTIFY=NEVER", false, Ok("user@example.com| NOTIFY=NEVER")),
-            ("<User.Name+tag@Example.COM.>", false, Ok("User.Name+tag@Example.COM.|")),
+            (
+                "<user@example.com> NOTIFY=NEVER",
+                false,
+                Ok("user@example.com| NOTIFY=NEVER"),
+            ),
+            (
+                "<User.Name+tag@Example.COM.>",
+                false,
+                Ok("User.Name+tag@Example.COM.|"),
+            ),
             // Source route accepted and dropped (RFC 5321 §4.1.1.3).
-            ("<@a.example,@b.example:user@host.example>", false, Ok("user@host.example|")),
+            (
+                "<@a.example,@b.example:user@host.example>",
+                false,
+                Ok("user@host.example|"),
+            ),
             // Not routing: kept verbatim (security.md §6).
-            ("<user%host@relay.example>", false, Ok("user%host@relay.example|")),
-            ("<host!user@relay.example>", false, Ok("host!user@relay.example|")),
-            ("<\"user@host\"@relay.example>", false, Ok("\"user@host\"@relay.example|")),
-            ("<\"a>b\"@relay.example>", false, Ok("\"a>b\"@relay.example|")),
-            ("<\"a\\\"b\"@relay.example>", false, Ok("\"a\\\"b\"@relay.example|")),
+            (
+                "<user%host@relay.example>",
+                false,
+                Ok("user%host@relay.example|"),
+            ),
+            (
+                "<host!user@relay.example>",
+                false,
+                Ok("host!user@relay.example|"),
+            ),
+            (
+                "<\"user@host\"@relay.example>",
+                false,
+                Ok("\"user@host\"@relay.example|"),
+            ),
+            (
+                "<\"a>b\"@relay.example>",
+                false,
+                Ok("\"a>b\"@relay.example|"),
+            ),
+            (
+                "<\"a\\\"b\"@relay.example>",
+                false,
+                Ok("\"a\\\"b\"@relay.example|"),
+            ),
             ("<user@[192.0.2.1]>", false, Ok("user@[192.0.2.1]|")),
-            ("<user@[IPv6:2001:db8::1]>", false, Ok("user@[IPv6:2001:db8::1]|")),
-            ("<jos\u{e9}@example.com>", true, Ok("jos\u{e9}@example.com|")),
-            ("<user@b\u{fc}cher.example>", true, Ok("user@b\u{fc}cher.example|")),
+            (
+                "<user@[IPv6:2001:db8::1]>",
+                false,
+                Ok("user@[IPv6:2001:db8::1]|"),
+            ),
+            (
+                "<jos\u{e9}@example.com>",
+                true,
+                Ok("jos\u{e9}@example.com|"),
+            ),
+            (
+                "<user@b\u{fc}cher.example>",
+                true,
+                Ok("user@b\u{fc}cher.example|"),
+            ),
             // Malformed: 501 5.1.3.
             ("<user@host@relay.example>", false, Err("501 5.1.3")),
             ("user@example.com", false, Err("501 5.1.3")),
@@ -610,7 +654,9 @@ mod tests {
             ("<a>", None),
         ];
         for (input, expected) in table {
-            let got = parse_reverse_path(input, false).ok().map(|(p, _)| p.to_string());
+            let got = parse_reverse_path(input, false)
+                .ok()
+                .map(|(p, _)| p.to_string());
             assert_eq!(got.as_deref(), expected, "{input}");
         }
     }

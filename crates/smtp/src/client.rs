@@ -83,7 +83,7 @@ impl ReplyParser {
         }
         let text = String::from_utf8_lossy(text);
         let (enhanced, text) = split_enhanced(code, &text);
-        if self.code.is_none() {
+        if self.enhanced.is_none() {
             self.enhanced = enhanced;
         }
         self.code = Some(code);
@@ -152,7 +152,9 @@ impl Capabilities {
         let mut caps = Capabilities::default();
         for line in reply.lines().iter().skip(1) {
             let mut words = line.split_ascii_whitespace();
-            let Some(keyword) = words.next() else { continue };
+            let Some(keyword) = words.next() else {
+                continue;
+            };
             match keyword.to_ascii_uppercase().as_str() {
                 "PIPELINING" => caps.pipelining = true,
                 "STARTTLS" => caps.starttls = true,
@@ -426,9 +428,13 @@ impl Transaction {
         let delivered = content_reply.as_ref().is_some_and(|r| r.code() / 100 == 2);
         let recipients = (0..count)
             .map(|i| match self.rcpt_replies.get(i) {
-                Some(r) if r.is_positive() => content_reply
-                    .clone()
-                    .unwrap_or_else(|| Reply::new(451, Some(EnhancedCode::new(4, 4, 2)), "no reply to the message content")),
+                Some(r) if r.is_positive() => content_reply.clone().unwrap_or_else(|| {
+                    Reply::new(
+                        451,
+                        Some(EnhancedCode::new(4, 4, 2)),
+                        "no reply to the message content",
+                    )
+                }),
                 Some(r) => r.clone(),
                 None => Reply::new(451, Some(EnhancedCode::new(4, 4, 2)), "no reply to RCPT"),
             })
@@ -519,7 +525,10 @@ mod tests {
 
     #[test]
     fn commands_refuse_line_breaks() {
-        assert_eq!(command_line("RCPT", "TO:<a@b>").unwrap(), b"RCPT TO:<a@b>\r\n");
+        assert_eq!(
+            command_line("RCPT", "TO:<a@b>").unwrap(),
+            b"RCPT TO:<a@b>\r\n"
+        );
         assert!(command_line("RCPT", "TO:<a@b>\r\nDATA").is_err());
         assert!(command_line("MAIL", "FROM:<a\0@b>").is_err());
     }
@@ -528,7 +537,10 @@ mod tests {
         OutgoingEnvelope {
             mail_from: "a@contoso.com".into(),
             mail_params: "BODY=8BITMIME".into(),
-            recipients: rcpts.iter().map(|r| (r.to_string(), String::new())).collect(),
+            recipients: rcpts
+                .iter()
+                .map(|r| (r.to_string(), String::new()))
+                .collect(),
         }
     }
 
@@ -563,8 +575,14 @@ mod tests {
     fn lockstep_transaction_sends_one_command_per_reply() {
         let (mut tx, first) =
             Transaction::start(envelope(&["b@x"]), ContentMode::Data, false).unwrap();
-        assert_eq!(first, TxStep::Send(b"MAIL FROM:<a@contoso.com> BODY=8BITMIME\r\n".to_vec()));
-        assert_eq!(tx.on_reply(reply(250)), TxStep::Send(b"RCPT TO:<b@x>\r\n".to_vec()));
+        assert_eq!(
+            first,
+            TxStep::Send(b"MAIL FROM:<a@contoso.com> BODY=8BITMIME\r\n".to_vec())
+        );
+        assert_eq!(
+            tx.on_reply(reply(250)),
+            TxStep::Send(b"RCPT TO:<b@x>\r\n".to_vec())
+        );
         assert_eq!(tx.on_reply(reply(250)), TxStep::Send(b"DATA\r\n".to_vec()));
         assert_eq!(tx.on_reply(reply(354)), TxStep::SendContent);
         let TxStep::Done(outcome) = tx.on_reply(reply(451)) else {
@@ -598,7 +616,10 @@ mod tests {
         let (mut tx, _) =
             Transaction::start(envelope(&["b@x"]), ContentMode::Bdat { size: 42 }, true).unwrap();
         assert_eq!(tx.on_reply(reply(250)), TxStep::ReadReply);
-        assert_eq!(tx.on_reply(reply(250)), TxStep::Send(b"BDAT 42 LAST\r\n".to_vec()));
+        assert_eq!(
+            tx.on_reply(reply(250)),
+            TxStep::Send(b"BDAT 42 LAST\r\n".to_vec())
+        );
         assert!(tx.content_follows_command());
         let TxStep::Done(outcome) = tx.on_reply(reply(250)) else {
             panic!("not done")

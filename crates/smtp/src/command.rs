@@ -97,7 +97,7 @@ pub fn parse_command(line: &[u8], smtputf8_allowed: bool) -> Result<Command, Rep
     };
     let argument = argument.strip_prefix(b" ").unwrap_or(argument);
     let verb_upper = verb.to_ascii_uppercase();
-    if is_http(&verb_upper, argument) {
+    if is_http(&verb_upper) {
         return Ok(Command::Http);
     }
     let Ok(argument) = std::str::from_utf8(argument) else {
@@ -136,13 +136,20 @@ fn parse_verb(
     }
 }
 
-/// HTTP request methods and header shapes (security.md §2).
-fn is_http(verb_upper: &[u8], argument: &[u8]) -> bool {
-    const METHODS: [&[u8]; 6] = [b"GET", b"POST", b"CONNECT", b"HEAD", b"PUT", b"OPTIONS"];
-    const HEADERS: [&[u8]; 2] = [b"HOST:", b"USER-AGENT:"];
-    let request_line = METHODS.contains(&verb_upper)
-        && (argument.starts_with(b"/") || argument.windows(5).any(|w| w == b"HTTP/") || argument.is_empty());
-    request_line || HEADERS.contains(&verb_upper)
+/// HTTP request methods and header shapes (security.md §2). No SMTP verb
+/// collides with these, so the verb alone decides.
+fn is_http(verb_upper: &[u8]) -> bool {
+    const SHAPES: [&[u8]; 8] = [
+        b"GET",
+        b"POST",
+        b"CONNECT",
+        b"HEAD",
+        b"PUT",
+        b"OPTIONS",
+        b"HOST:",
+        b"USER-AGENT:",
+    ];
+    SHAPES.contains(&verb_upper)
 }
 
 fn no_argument(argument: &str, command: Command) -> Result<Command, Reply> {
@@ -180,7 +187,8 @@ fn parse_helo_name(argument: &str) -> Result<String, Reply> {
 /// `MAIL FROM:<reverse-path> [SP params]`; one space after the colon is
 /// tolerated because many clients send it.
 fn parse_mail(argument: &str, smtputf8: bool) -> Result<Command, Reply> {
-    let path = strip_keyword(argument, "FROM:").ok_or_else(|| Reply::syntax_error("MAIL FROM:<address>"))?;
+    let path = strip_keyword(argument, "FROM:")
+        .ok_or_else(|| Reply::syntax_error("MAIL FROM:<address>"))?;
     let declared = smtputf8 || declares_smtputf8(path);
     let (from, rest) = parse_reverse_path(path, declared)?;
     let params = MailParams::parse(rest)?;
@@ -189,7 +197,8 @@ fn parse_mail(argument: &str, smtputf8: bool) -> Result<Command, Reply> {
 
 /// `RCPT TO:<forward-path> [SP params]`.
 fn parse_rcpt(argument: &str, smtputf8: bool) -> Result<Command, Reply> {
-    let path = strip_keyword(argument, "TO:").ok_or_else(|| Reply::syntax_error("RCPT TO:<address>"))?;
+    let path =
+        strip_keyword(argument, "TO:").ok_or_else(|| Reply::syntax_error("RCPT TO:<address>"))?;
     let (to, rest) = parse_forward_path(path, smtputf8)?;
     let params = RcptParams::parse(rest)?;
     Ok(Command::Rcpt { to, params })
@@ -310,8 +319,14 @@ mod tests {
             (b"EHLO bad name", Err("501 5.5.2")),
             (b"EHLO a@b", Err("501 5.5.2")),
             (b"EHLO [1.2.3]", Err("501 5.5.2")),
-            (b"MAIL FROM:<a@example.com>", Ok("MAIL FROM:<a@example.com>")),
-            (b"mail from: <a@example.com> size=10", Ok("MAIL FROM:<a@example.com> SIZE=10")),
+            (
+                b"MAIL FROM:<a@example.com>",
+                Ok("MAIL FROM:<a@example.com>"),
+            ),
+            (
+                b"mail from: <a@example.com> size=10",
+                Ok("MAIL FROM:<a@example.com> SIZE=10"),
+            ),
             (b"MAIL FROM:<>", Ok("MAIL FROM:<>")),
             (b"MAIL FROM:  <a@example.com>", Err("501 5.1.3")),
             (b"MAIL TO:<a@example.com>", Err("501 5.5.2")),
@@ -319,13 +334,19 @@ mod tests {
             (b"MAIL", Err("501 5.5.2")),
             (b"MAIL FROM:<a@example.com> FOO=BAR", Err("555 5.5.4")),
             (b"MAIL FROM:<a@example.com> ENVID=+00", Err("501 5.5.4")),
-            ("MAIL FROM:<jos\u{e9}@example.com>".as_bytes(), Err("553 5.6.7")),
+            (
+                "MAIL FROM:<jos\u{e9}@example.com>".as_bytes(),
+                Err("553 5.6.7"),
+            ),
             (
                 "MAIL FROM:<jos\u{e9}@example.com> SMTPUTF8".as_bytes(),
                 Ok("MAIL FROM:<jos\u{e9}@example.com> SMTPUTF8"),
             ),
             (b"MAIL FROM:<jos\xe9@example.com>", Err("553 5.6.7")),
-            (b"RCPT TO:<b@example.com> NOTIFY=NEVER", Ok("RCPT TO:<b@example.com> NOTIFY=NEVER")),
+            (
+                b"RCPT TO:<b@example.com> NOTIFY=NEVER",
+                Ok("RCPT TO:<b@example.com> NOTIFY=NEVER"),
+            ),
             (b"RCPT TO:b@example.com", Err("501 5.1.3")),
             (b"RCPT TO:<b@x@y>", Err("501 5.1.3")),
             ("RCPT TO:<b\u{fc}@example.com>".as_bytes(), Err("553 5.6.7")),
@@ -355,13 +376,20 @@ mod tests {
             (b"CONNECT relay:25 HTTP/1.1", Ok("HTTP")),
             (b"Host: relay.lan", Ok("HTTP")),
             (b"User-Agent: Mozilla/5.0", Ok("HTTP")),
+            (b"get )", Ok("HTTP")),
+            (b"OPTIONS", Ok("HTTP")),
             (b"XYZZYXYZZYXYZZYXYZZY now", Ok("XYZZYXYZZYXYZZYX")),
             (b"\xff\xfe", Ok("??")),
             (b"", Ok("")),
         ];
         for (line, expected) in table {
             let expected = expected.map(str::to_owned).map_err(str::to_owned);
-            assert_eq!(parse(line, false), expected, "{:?}", String::from_utf8_lossy(line));
+            assert_eq!(
+                parse(line, false),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 
@@ -410,7 +438,10 @@ mod tests {
         for line in lines {
             let command = parse_command(line.as_bytes(), true).unwrap();
             assert_eq!(command.to_string(), line);
-            assert_eq!(parse_command(command.to_string().as_bytes(), true), Ok(command));
+            assert_eq!(
+                parse_command(command.to_string().as_bytes(), true),
+                Ok(command)
+            );
         }
     }
 }

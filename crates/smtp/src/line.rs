@@ -147,18 +147,48 @@ mod tests {
 
     #[test]
     fn framing() {
-        let table: Vec<(&[&[u8]], Vec<Line>, &[u8])> = vec![
+        // (chunks, events, left in the input)
+        type Case<'a> = (&'a [&'a [u8]], Vec<Line>, &'a [u8]);
+        let table: Vec<Case> = vec![
             (&[b"QUIT\r\n"], vec![complete(b"QUIT")], b""),
             (&[b"QU", b"IT\r", b"\n"], vec![complete(b"QUIT")], b""),
-            (&[b"A\r\nB\r\nC"], vec![complete(b"A"), complete(b"B")], b"C"),
+            (
+                &[b"A\r\nB\r\nC"],
+                vec![complete(b"A"), complete(b"B")],
+                b"C",
+            ),
             (&[b"\r\n"], vec![complete(b"")], b""),
             // Bare LF: the whole line up to the real CRLF is dropped.
-            (&[b"MAIL FROM:<a>\nRCPT TO:<b>\r\nQUIT\r\n"], vec![Line::BareLineEnding, complete(b"QUIT")], b""),
-            (&[b"A\rB\r\nC\r\n"], vec![Line::BareLineEnding, complete(b"C")], b""),
-            (&[b"A\r", b"B\r\nC\r\n"], vec![Line::BareLineEnding, complete(b"C")], b""),
-            (&[b"\n\r\nX\r\n"], vec![Line::BareLineEnding, complete(b"X")], b""),
-            (&[b"A\r\r\nB\r\n"], vec![Line::BareLineEnding, complete(b"B")], b""),
-            (&[b"A\n", b"B\r", b"\nC\r\n"], vec![Line::BareLineEnding, complete(b"C")], b""),
+            (
+                &[b"MAIL FROM:<a>\nRCPT TO:<b>\r\nQUIT\r\n"],
+                vec![Line::BareLineEnding, complete(b"QUIT")],
+                b"",
+            ),
+            (
+                &[b"A\rB\r\nC\r\n"],
+                vec![Line::BareLineEnding, complete(b"C")],
+                b"",
+            ),
+            (
+                &[b"A\r", b"B\r\nC\r\n"],
+                vec![Line::BareLineEnding, complete(b"C")],
+                b"",
+            ),
+            (
+                &[b"\n\r\nX\r\n"],
+                vec![Line::BareLineEnding, complete(b"X")],
+                b"",
+            ),
+            (
+                &[b"A\r\r\nB\r\n"],
+                vec![Line::BareLineEnding, complete(b"B")],
+                b"",
+            ),
+            (
+                &[b"A\n", b"B\r", b"\nC\r\n"],
+                vec![Line::BareLineEnding, complete(b"C")],
+                b"",
+            ),
         ];
         for (chunks, expected, rest) in table {
             let (events, left) = read_all(512, chunks);
@@ -171,14 +201,32 @@ mod tests {
     fn too_long_is_reported_once_and_never_split() {
         let limit = 12; // 10 octets of text + CRLF
         let table: Vec<(Vec<Vec<u8>>, Vec<Line>)> = vec![
-            (vec![b"0123456789\r\n".to_vec()], vec![complete(b"0123456789")]),
-            (vec![b"0123456789X\r\nQUIT\r\n".to_vec()], vec![Line::TooLong, complete(b"QUIT")]),
             (
-                vec![b"0123456789".to_vec(), b"XYZ".to_vec(), b"RCPT".to_vec(), b"\r".to_vec(), b"\nQUIT\r\n".to_vec()],
+                vec![b"0123456789\r\n".to_vec()],
+                vec![complete(b"0123456789")],
+            ),
+            (
+                vec![b"0123456789X\r\nQUIT\r\n".to_vec()],
                 vec![Line::TooLong, complete(b"QUIT")],
             ),
-            (vec![vec![b'x'; 100], b"\r\nQUIT\r\n".to_vec()], vec![Line::TooLong, complete(b"QUIT")]),
-            (vec![b"0123456789".to_vec(), b"\r".to_vec(), b"\n".to_vec()], vec![complete(b"0123456789")]),
+            (
+                vec![
+                    b"0123456789".to_vec(),
+                    b"XYZ".to_vec(),
+                    b"RCPT".to_vec(),
+                    b"\r".to_vec(),
+                    b"\nQUIT\r\n".to_vec(),
+                ],
+                vec![Line::TooLong, complete(b"QUIT")],
+            ),
+            (
+                vec![vec![b'x'; 100], b"\r\nQUIT\r\n".to_vec()],
+                vec![Line::TooLong, complete(b"QUIT")],
+            ),
+            (
+                vec![b"0123456789".to_vec(), b"\r".to_vec(), b"\n".to_vec()],
+                vec![complete(b"0123456789")],
+            ),
         ];
         for (chunks, expected) in table {
             let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();

@@ -154,10 +154,7 @@ impl MailParams {
             out.push("SMTPUTF8".to_owned());
         }
         if let Some(ret) = self.ret {
-            out.push(format!(
-                "RET={}",
-                ret.keyword()
-            ));
+            out.push(format!("RET={}", ret.keyword()));
         }
         if let Some(envid) = &self.envid {
             out.push(format!("ENVID={}", xtext_encode(envid)));

@@ -327,7 +327,11 @@ impl Reply {
 
     /// `503 5.5.1` command out of sequence; `what` says what was expected.
     pub fn bad_sequence(what: &str) -> Reply {
-        Reply::new(503, enh(5, 5, 1), format!("bad sequence of commands: {what}"))
+        Reply::new(
+            503,
+            enh(5, 5, 1),
+            format!("bad sequence of commands: {what}"),
+        )
     }
 
     /// `554 5.5.1` DATA when every RCPT was refused (RFC 5321 §3.3, RFC 2920 §3.1).
@@ -662,9 +666,27 @@ mod tests {
     fn display_and_classes() {
         let table = [
             (Reply::ok(), "250 2.0.0 ok", true, false, false),
-            (Reply::start_mail_input(), "354 end data with <CR><LF>.<CR><LF>", true, false, false),
-            (Reply::too_many_recipients(), "452 4.5.3 too many recipients", false, true, false),
-            (Reply::relay_denied(), "550 5.7.1 relaying denied", false, false, true),
+            (
+                Reply::start_mail_input(),
+                "354 end data with <CR><LF>.<CR><LF>",
+                true,
+                false,
+                false,
+            ),
+            (
+                Reply::too_many_recipients(),
+                "452 4.5.3 too many recipients",
+                false,
+                true,
+                false,
+            ),
+            (
+                Reply::relay_denied(),
+                "550 5.7.1 relaying denied",
+                false,
+                false,
+                true,
+            ),
         ];
         for (reply, shown, positive, transient, permanent) in table {
             assert_eq!(reply.to_string(), shown);
