@@ -48,6 +48,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// The spool and the retry schedule.
     pub queue: QueueSettings,
+    /// The tenants of the `[tenant.<id>]` tables (see `tenants.rs`), in file order.
+    pub tenants: attribution::World,
 }
 
 /// Settings of the listener and the SMTP sessions it serves.
@@ -152,6 +154,9 @@ pub struct Upstream {
     pub chunking: bool,
     /// Most concurrent connections to this upstream.
     pub max_connections: usize,
+    /// The public address EXO sees this relay connect from (for pre-flight IP connector
+    /// matching); unknown when unset.
+    pub egress_ip: Option<IpAddr>,
     /// Extra trusted CA certificates besides the system roots.
     pub ca_file: Option<PathBuf>,
     /// The client certificate chain and key presented to the upstream.
@@ -207,16 +212,19 @@ fn deserialize(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
     let deserializer = toml::Deserializer::parse(text)
         .map_err(|e| located("(syntax)".into(), e.span(), e.message()))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let field = e.path().to_string();
+        let field = crate::tenants::clean_path(&e.path().to_string());
         let inner = e.into_inner();
         located(field, inner.span(), inner.message())
     })
 }
 
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
@@ -253,12 +261,17 @@ impl Validator<'_> {
             .map(|(i, u)| self.upstream(i, u))
             .collect::<Result<Vec<_>, _>>()?;
         let queue = self.queue(raw.queue)?;
+        let tenants = raw
+            .tenant
+            .into_world()
+            .map_err(|e| self.error(&e.field, e.span, e.message))?;
         Ok(Config {
             source: self.path.to_path_buf(),
             server,
             clients,
             upstreams,
             queue,
+            tenants,
         })
     }
 
@@ -317,9 +330,18 @@ impl Validator<'_> {
                 "a client rule needs at least one network".into(),
             ));
         }
+        let networks = raw
+            .networks
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                parse_network(n.get_ref())
+                    .map_err(|e| self.error(&format!("client[{index}].networks[{i}]"), n.span(), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ClientRule {
             name: raw.name.into_inner(),
-            networks: raw.networks.into_iter().map(|n| n.0).collect(),
+            networks,
             allowed_sender_domains: raw.allowed_sender_domains.map(normalise_domains),
             allowed_recipient_domains: raw.allowed_recipient_domains.map(normalise_domains),
             envelope_from: raw.envelope_from,
@@ -342,9 +364,8 @@ impl Validator<'_> {
             (Some(cert), Some(key)) => {
                 let cert_file = self.existing_file(&field("client_cert"), cert)?;
                 let key_file = self.existing_file(&field("client_key"), key)?;
-                let identity = ClientIdentity::load(&cert_file, &key_file).map_err(|e| {
-                    self.error(&field("client_cert"), cert.span(), e.to_string())
-                })?;
+                let identity = ClientIdentity::load(&cert_file, &key_file)
+                    .map_err(|e| self.error(&field("client_cert"), cert.span(), e.to_string()))?;
                 Some(identity)
             }
             (Some(cert), None) => {
@@ -371,6 +392,7 @@ impl Validator<'_> {
             server_name: raw.server_name,
             chunking: raw.chunking,
             max_connections: raw.max_connections.max(1),
+            egress_ip: raw.egress_ip,
             ca_file,
             client_identity,
             sender_domains: normalise_domains(raw.sender_domains),
@@ -385,9 +407,18 @@ impl Validator<'_> {
                 "the retry schedule needs at least one delay".into(),
             ));
         }
+        let retry = raw
+            .retry
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                parse_duration(d.get_ref())
+                    .map_err(|e| self.error(&format!("queue.retry[{i}]"), d.span(), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(QueueSettings {
             dir: self.resolve(raw.dir.get_ref()),
-            retry: raw.retry.into_iter().map(|d| d.0).collect(),
+            retry,
             max_age: raw.max_age.0,
             postmaster: raw.postmaster,
         })
@@ -442,28 +473,26 @@ struct Span(Duration);
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map(Span).map_err(|e| {
-            serde::de::Error::custom(format!("invalid duration {text:?}: {e} (write e.g. \"5m\")"))
-        })
+        parse_duration(&text)
+            .map(Span)
+            .map_err(serde::de::Error::custom)
     }
 }
 
 /// A network in CIDR form; a bare address means a single host.
-#[derive(Debug, Clone, Copy)]
-struct Network(IpNet);
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    IpNet::from_str(text)
+        .or_else(|_| IpAddr::from_str(text).map(IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| {
+            format!("invalid network {text:?}: write an address or CIDR such as 10.20.0.0/24")
+        })
+}
 
-impl<'de> Deserialize<'de> for Network {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        let parsed = IpNet::from_str(&text)
-            .or_else(|_| IpAddr::from_str(&text).map(IpNet::from))
-            .map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "invalid network {text:?}: write an address or CIDR such as 10.20.0.0/24"
-                ))
-            })?;
-        Ok(Network(parsed.trunc()))
-    }
+/// A duration such as `5m` or `1h 30m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e} (write e.g. \"5m\")"))
 }
 
 /// A listen address such as `127.0.0.1:25` or `[::1]:25`.
@@ -490,6 +519,8 @@ struct RawConfig {
     #[serde(default)]
     upstream: Vec<RawUpstream>,
     queue: RawQueue,
+    #[serde(default)]
+    tenant: crate::tenants::RawTenants,
 }
 
 #[derive(Deserialize)]
@@ -529,7 +560,7 @@ struct RawTlsFiles {
 #[serde(deny_unknown_fields)]
 struct RawClient {
     name: Spanned<String>,
-    networks: Vec<Network>,
+    networks: Vec<Spanned<String>>,
     allowed_sender_domains: Option<Vec<String>>,
     allowed_recipient_domains: Option<Vec<String>>,
     envelope_from: Option<String>,
@@ -551,6 +582,7 @@ struct RawUpstream {
     chunking: bool,
     #[serde(default = "defaults::upstream_connections")]
     max_connections: usize,
+    egress_ip: Option<IpAddr>,
     ca_file: Option<Spanned<PathBuf>>,
     client_cert: Option<Spanned<PathBuf>>,
     client_key: Option<Spanned<PathBuf>>,
@@ -563,7 +595,7 @@ struct RawUpstream {
 struct RawQueue {
     dir: Spanned<PathBuf>,
     #[serde(default = "defaults::retry")]
-    retry: Vec<Span>,
+    retry: Vec<Spanned<String>>,
     #[serde(default = "defaults::max_age")]
     max_age: Span,
     postmaster: Option<String>,
@@ -571,7 +603,7 @@ struct RawQueue {
 
 /// Defaults, each documented in the example configuration.
 mod defaults {
-    use super::{AttributionAction, Size, Span, UpstreamTls};
+    use super::{AttributionAction, Size, Span, Spanned, UpstreamTls};
     use std::time::Duration;
 
     const MINUTE: u64 = 60;
@@ -618,10 +650,10 @@ mod defaults {
     pub fn upstream_tls() -> UpstreamTls {
         UpstreamTls::Required
     }
-    pub fn retry() -> Vec<Span> {
-        [1, 5, 15, 30, 60, 120, 240]
+    pub fn retry() -> Vec<Spanned<String>> {
+        ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
             .into_iter()
-            .map(|m| Span(Duration::from_secs(m * MINUTE)))
+            .map(|d| Spanned::new(0..0, d.to_string()))
             .collect()
     }
     pub fn max_age() -> Span {
@@ -708,18 +740,46 @@ retry = ["1m", "5m"]
     #[test]
     fn errors_name_line_and_field() {
         let cases: &[(&str, &str, &str, usize)] = &[
-            ("max_message_size = \"10MiB\"", "max_message_size = \"10 zebras\"", "server.max_message_size", 5),
-            ("hostname = ", "colour = \"blue\"\nhostname = ", "server", 4),
-            ("\"192.0.2.7\"", "\"192.0.2.300/24\"", "client[0].networks[1]", 10),
-            ("\"[::1]:2525\"", "\"127.0.0.1:2525\"", "server.listen[1]", 3),
-            ("retry = [\"1m\", \"5m\"]", "retry = [\"1m\", \"soon\"]", "queue.retry[1]", 15),
+            (
+                "max_message_size = \"10MiB\"",
+                "max_message_size = \"10 zebras\"",
+                "server.max_message_size",
+                5,
+            ),
+            (
+                "hostname = ",
+                "colour = \"blue\"\nhostname = ",
+                "server.colour",
+                4,
+            ),
+            (
+                "\"192.0.2.7\"",
+                "\"192.0.2.300/24\"",
+                "client[0].networks[1]",
+                9,
+            ),
+            (
+                "\"[::1]:2525\"",
+                "\"127.0.0.1:2525\"",
+                "server.listen[1]",
+                3,
+            ),
+            (
+                "retry = [\"1m\", \"5m\"]",
+                "retry = [\"1m\", \"soon\"]",
+                "queue.retry[1]",
+                14,
+            ),
         ];
         for (from, to, field, line) in cases {
             let text = MINIMAL.replacen(from, to, 1);
             let err = parse(&text).unwrap_err();
             assert_eq!(&err.field, field, "{err}");
             assert_eq!(err.line, *line, "{err}");
-            assert!(err.to_string().starts_with("/etc/exorelay/relay.toml:"), "{err}");
+            assert!(
+                err.to_string().starts_with("/etc/exorelay/relay.toml:"),
+                "{err}"
+            );
         }
     }
 

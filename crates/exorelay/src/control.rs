@@ -1,9 +1,10 @@
 //! The control socket: `exorelay queue flush|hold|release|delete|bounce` talk to the running
 //! daemon through a Unix socket in the spool directory (which only the daemon's user can enter),
 //! so every queue change goes through the queue manager and never races a delivery. One command
-//! line in, one answer line out: `ok <text>` or `error <text>`.
+//! line in, one answer out: `ok <text>` or `error <text>` (`metrics` answers with the counters
+//! in the Prometheus text format after `ok`).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,7 +33,10 @@ pub fn parse(line: &str) -> Result<Command, String> {
     let verb = words.next().unwrap_or_default().to_ascii_lowercase();
     let id = words
         .next()
-        .map(|w| w.parse::<QueueId>().map_err(|e| format!("invalid queue id {w:?}: {e}")))
+        .map(|w| {
+            w.parse::<QueueId>()
+                .map_err(|e| format!("invalid queue id {w:?}: {e}"))
+        })
         .transpose()?;
     if words.next().is_some() {
         return Err("too many arguments".into());
@@ -76,8 +80,10 @@ impl Server {
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
-                let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_LINE));
+                let mut reader =
+                    tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_LINE));
                 let answer = match reader.read_line(&mut line).await {
+                    Ok(_) if line.trim() == "metrics" => Ok(crate::metrics::render()),
                     Ok(_) => match parse(&line) {
                         Ok(command) => {
                             info!("control: {}", line.trim());
@@ -112,9 +118,9 @@ pub fn send(spool_dir: &Path, command: &str) -> anyhow::Result<Result<String, St
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(format!("{command}\n").as_bytes())?;
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
+    BufReader::new(stream).read_to_string(&mut answer)?;
     let answer = answer.trim_end();
-    Ok(match answer.split_once(' ') {
+    Ok(match answer.split_once([' ', '\n']) {
         Some(("ok", text)) => Ok(text.to_string()),
         Some(("error", text)) => Err(text.to_string()),
         _ => Err(format!("unexpected answer {answer:?}")),

@@ -66,7 +66,10 @@ pub fn write<W: Write, R: Read>(report: &Report<'_>, content: R, out: &mut W) ->
     let full = report.envelope.params.ret.as_deref() == Some("FULL")
         && report.envelope.size <= MAX_RETURNED_FULL;
     write_headers(report, &boundary, out)?;
-    write!(out, "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")?;
+    write!(
+        out,
+        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    )?;
     write_explanation(report, out)?;
     write!(
         out,
@@ -74,10 +77,16 @@ pub fn write<W: Write, R: Read>(report: &Report<'_>, content: R, out: &mut W) ->
     )?;
     write_status(report, out)?;
     if full {
-        write!(out, "\r\n--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n")?;
+        write!(
+            out,
+            "\r\n--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n"
+        )?;
         io::copy(&mut BufReader::new(content), out)?;
     } else {
-        write!(out, "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n")?;
+        write!(
+            out,
+            "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        )?;
         copy_header_section(content, out)?;
     }
     write!(out, "\r\n--{boundary}--\r\n")
@@ -116,7 +125,12 @@ fn write_explanation<W: Write>(report: &Report<'_>, out: &mut W) -> io::Result<(
         )?,
     }
     for r in &report.recipients {
-        write!(out, "<{}>: {}\r\n", r.recipient.address, one_line(&r.diagnostic))?;
+        write!(
+            out,
+            "<{}>: {}\r\n",
+            r.recipient.address,
+            one_line(&r.diagnostic)
+        )?;
     }
     Ok(())
 }
@@ -132,15 +146,32 @@ fn write_status<W: Write>(report: &Report<'_>, out: &mut W) -> io::Result<()> {
         rfc5322_date(report.envelope.received_at)
     )?;
     for r in &report.recipients {
-        write!(out, "\r\nFinal-Recipient: rfc822; {}\r\n", r.recipient.address)?;
+        write!(
+            out,
+            "\r\nFinal-Recipient: rfc822; {}\r\n",
+            r.recipient.address
+        )?;
         if let Some(orcpt) = &r.recipient.orcpt {
-            write!(out, "Original-Recipient: {}\r\n", orcpt.replacen(';', "; ", 1))?;
+            write!(
+                out,
+                "Original-Recipient: {}\r\n",
+                orcpt.replacen(';', "; ", 1)
+            )?;
         }
-        write!(out, "Action: {}\r\nStatus: {}\r\n", report.action.keyword(), r.status)?;
+        write!(
+            out,
+            "Action: {}\r\nStatus: {}\r\n",
+            report.action.keyword(),
+            r.status
+        )?;
         if let Some(mta) = &r.remote_mta {
             write!(out, "Remote-MTA: dns; {mta}\r\n")?;
         }
-        write!(out, "Diagnostic-Code: smtp; {}\r\n", one_line(&r.diagnostic))?;
+        write!(
+            out,
+            "Diagnostic-Code: smtp; {}\r\n",
+            one_line(&r.diagnostic)
+        )?;
         write!(out, "Last-Attempt-Date: {}\r\n", rfc5322_date(report.now))?;
     }
     Ok(())
@@ -154,10 +185,7 @@ fn copy_header_section<R: Read, W: Write>(content: R, out: &mut W) -> io::Result
     let mut copied = 0;
     loop {
         line.clear();
-        let n = reader
-            .by_ref()
-            .take(1000)
-            .read_until(b'\n', &mut line)?;
+        let n = reader.by_ref().take(1000).read_until(b'\n', &mut line)?;
         if n == 0 || line == b"\r\n" || copied + n > MAX_HEADER_BYTES {
             return Ok(());
         }
@@ -244,7 +272,11 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
         assert!(!text.contains("secret body"), "headers only by default");
-        assert!(text.split("\r\n").all(|l| !l.contains('\n') && !l.contains('\r')), "bare CR/LF");
+        assert!(
+            text.split("\r\n")
+                .all(|l| !l.contains('\n') && !l.contains('\r')),
+            "bare CR/LF"
+        );
         assert!(text.ends_with("--\r\n"));
     }
 

@@ -6,9 +6,12 @@ mod config;
 mod control;
 mod delivery;
 mod dsn;
+mod exosim;
 mod inbound;
+mod metrics;
 mod policy;
 mod queue;
+mod tenants;
 mod tls;
 
 use clap::Parser;

@@ -1,7 +1,9 @@
 //! The command line: one subcommand per job, each with `--help` and an example.
 
+mod check;
 mod config_check;
 mod demo;
+mod exosim;
 mod queue;
 mod serve;
 
@@ -35,6 +37,16 @@ enum Command {
     ///
     /// Example: exorelay demo
     Demo,
+    /// What Exchange Online does with a flow, before and after November 2023, and what to change.
+    ///
+    /// Example: exorelay check --tenants tenants.toml --source-ip 203.0.113.5 --mail-from root@srv01.corp.local --header-from monitor@contoso.com --rcpt ops@example.net
+    ///
+    /// Example: exorelay check --config /etc/exorelay/relay.toml --egress-ip 203.0.113.5
+    Check(check::CheckArgs),
+    /// Run a simulated multi-tenant Exchange Online endpoint (for tests and demos).
+    ///
+    /// Example: exorelay exosim --tenants tenants.toml --listen 127.0.0.1:0 --cert exo.pem --key exo.key --client-ca ca.pem --store /tmp/exosim --source-ip 203.0.113.5
+    Exosim(exosim::ExosimArgs),
     /// Check a configuration file and print the effective configuration.
     ///
     /// Example: exorelay config check /etc/exorelay/relay.toml
@@ -95,6 +107,8 @@ enum QueueAction {
         /// The queue id.
         id: String,
     },
+    /// Print the daemon's counters (Prometheus text format).
+    Metrics,
     /// Return a message to its sender with a DSN and remove it.
     Bounce {
         /// The queue id.
@@ -121,6 +135,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve::run(&config),
         Command::Demo => demo::run(),
+        Command::Check(args) => check::run(args),
+        Command::Exosim(args) => exosim::run(args),
         Command::Config {
             action: ConfigAction::Check { file },
         } => config_check::run(&file),
@@ -138,6 +154,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 QueueAction::Release { id } => queue::control(&dir, "release", Some(&id)),
                 QueueAction::Delete { id } => queue::control(&dir, "delete", Some(&id)),
                 QueueAction::Bounce { id } => queue::control(&dir, "bounce", Some(&id)),
+                QueueAction::Metrics => queue::control(&dir, "metrics", None),
             }
         }
     }

@@ -21,18 +21,27 @@ pub fn spool_dir(config: &Path, spool: Option<PathBuf>) -> anyhow::Result<PathBu
 
 /// Prints one line per message, oldest first, and the unreadable entries.
 pub fn list(dir: &Path) -> anyhow::Result<ExitCode> {
-    let reader = SpoolReader::open(dir).with_context(|| format!("cannot read spool {}", dir.display()))?;
+    let reader =
+        SpoolReader::open(dir).with_context(|| format!("cannot read spool {}", dir.display()))?;
     let entries = reader.list().context("cannot list the spool")?;
     let now = now_unix();
-    println!("{:<26}  {:>8}  {:>9}  {:<6}  sender -> recipients", "id", "age", "size", "state");
+    println!(
+        "{:<26}  {:>8}  {:>9}  {:<6}  sender -> recipients",
+        "id", "age", "size", "state"
+    );
     for entry in &entries {
         match &entry.envelope {
             Ok(env) => {
                 let age = humantime::format_duration(std::time::Duration::from_secs(
                     now.saturating_sub(env.received_at),
                 ));
-                let recipients: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
-                let sender = if env.mail_from.is_empty() { "<>" } else { &env.mail_from };
+                let recipients: Vec<&str> =
+                    env.recipients.iter().map(|r| r.address.as_str()).collect();
+                let sender = if env.mail_from.is_empty() {
+                    "<>"
+                } else {
+                    &env.mail_from
+                };
                 let state = if entry.held { "held" } else { "queued" };
                 println!(
                     "{:<26}  {:>8}  {:>9}  {:<6}  {sender} -> {}",
@@ -52,9 +61,14 @@ pub fn list(dir: &Path) -> anyhow::Result<ExitCode> {
 
 /// Prints the envelope of one message as stored, plus where its content is.
 pub fn show(dir: &Path, id: &str) -> anyhow::Result<ExitCode> {
-    let id: QueueId = id.parse().map_err(|e| anyhow::anyhow!("invalid queue id {id:?}: {e}"))?;
-    let reader = SpoolReader::open(dir).with_context(|| format!("cannot read spool {}", dir.display()))?;
-    let envelope = reader.show(id).with_context(|| format!("no message {id} in {}", dir.display()))?;
+    let id: QueueId = id
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid queue id {id:?}: {e}"))?;
+    let reader =
+        SpoolReader::open(dir).with_context(|| format!("cannot read spool {}", dir.display()))?;
+    let envelope = reader
+        .show(id)
+        .with_context(|| format!("no message {id} in {}", dir.display()))?;
     let text = toml::to_string_pretty(&envelope).context("cannot format the envelope")?;
     println!("{text}");
     println!("# content: {}", reader.content_path(id).display());

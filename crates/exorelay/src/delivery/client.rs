@@ -76,11 +76,15 @@ impl DeliveryError {
     /// The enhanced status code to record: 4.7.x for TLS failures, 4.4.x for network ones.
     pub fn enhanced(&self) -> EnhancedCode {
         match self {
-            DeliveryError::NoStartTls | DeliveryError::StartTlsInjection => EnhancedCode::new(4, 7, 10),
+            DeliveryError::NoStartTls | DeliveryError::StartTlsInjection => {
+                EnhancedCode::new(4, 7, 10)
+            }
             DeliveryError::Handshake(_) => EnhancedCode::new(4, 7, 5),
-            DeliveryError::Refused { reply, .. } => reply
-                .enhanced()
-                .map_or(EnhancedCode::new(4, 4, 0), |e| EnhancedCode::new(4, e.subject, e.detail)),
+            DeliveryError::Refused { reply, .. } => {
+                reply.enhanced().map_or(EnhancedCode::new(4, 4, 0), |e| {
+                    EnhancedCode::new(4, e.subject, e.detail)
+                })
+            }
             DeliveryError::Timeout(_) => EnhancedCode::new(4, 4, 2),
             DeliveryError::Spool(_) => EnhancedCode::new(4, 3, 0),
             _ => EnhancedCode::new(4, 4, 1),
@@ -132,12 +136,17 @@ impl Replies {
                 Err(e) => return Err(DeliveryError::Protocol(e.to_string())),
             }
             let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-                Ok(Ok(0)) => return Err(DeliveryError::Io(format!("connection closed during {phase}"))),
+                Ok(Ok(0)) => {
+                    return Err(DeliveryError::Io(format!(
+                        "connection closed during {phase}"
+                    )));
+                }
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err(DeliveryError::Timeout(phase)),
             };
-            self.input.extend_from_slice(buf.get(..n).unwrap_or_default());
+            self.input
+                .extend_from_slice(buf.get(..n).unwrap_or_default());
         }
     }
 }
@@ -186,8 +195,11 @@ async fn hello<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
 impl Connection {
     /// Connects to the route's first reachable target and sets the session up.
     pub async fn open(route: &Route, helo: &str) -> Result<Connection, DeliveryError> {
-        let targets = route::resolve(route).await.map_err(DeliveryError::Connect)?;
-        let mut last_error = DeliveryError::Connect(format!("no address for {}", route.upstream.host));
+        let targets = route::resolve(route)
+            .await
+            .map_err(DeliveryError::Connect)?;
+        let mut last_error =
+            DeliveryError::Connect(format!("no address for {}", route.upstream.host));
         for target in targets {
             match timeout(timeouts::CONNECT, TcpStream::connect(target.addr)).await {
                 Ok(Ok(tcp)) => {
@@ -195,7 +207,10 @@ impl Connection {
                     return Connection::establish(tcp, &target, route, helo).await;
                 }
                 Ok(Err(e)) => last_error = DeliveryError::Connect(format!("{}: {e}", target.addr)),
-                Err(_) => last_error = DeliveryError::Connect(format!("{}: connect timed out", target.addr)),
+                Err(_) => {
+                    last_error =
+                        DeliveryError::Connect(format!("{}: connect timed out", target.addr))
+                }
             }
         }
         Err(last_error)
@@ -208,7 +223,9 @@ impl Connection {
         helo: &str,
     ) -> Result<Connection, DeliveryError> {
         let mut replies = Replies::new();
-        let greeting = replies.read(&mut tcp, "greeting", timeouts::GREETING).await?;
+        let greeting = replies
+            .read(&mut tcp, "greeting", timeouts::GREETING)
+            .await?;
         if greeting.code() != 220 {
             return Err(DeliveryError::Refused {
                 phase: "greeting",
@@ -231,7 +248,9 @@ impl Connection {
             return Err(DeliveryError::NoStartTls);
         }
         write_all(&mut tcp, b"STARTTLS\r\n", "STARTTLS").await?;
-        let reply = replies.read(&mut tcp, "STARTTLS", timeouts::COMMAND).await?;
+        let reply = replies
+            .read(&mut tcp, "STARTTLS", timeouts::COMMAND)
+            .await?;
         if reply.code() != 220 {
             return Err(DeliveryError::Refused {
                 phase: "STARTTLS",
@@ -273,7 +292,10 @@ impl Connection {
             let reply = Reply::new(
                 552,
                 Some(EnhancedCode::new(5, 3, 4)),
-                format!("message of {} octets exceeds the upstream's SIZE limit", envelope.size),
+                format!(
+                    "message of {} octets exceeds the upstream's SIZE limit",
+                    envelope.size
+                ),
             );
             return Ok(refuse_all(envelope, reply));
         }
@@ -293,23 +315,39 @@ impl Connection {
                 TxStep::Send(bytes) => {
                     write_all(&mut self.io, &bytes, "command").await?;
                     if tx.content_follows_command() {
-                        let file = content.take().ok_or(DeliveryError::Protocol("content sent twice".into()))?;
+                        let file = content
+                            .take()
+                            .ok_or(DeliveryError::Protocol("content sent twice".into()))?;
                         send_raw(&mut self.io, file).await?;
-                        let reply = self.replies.read(&mut self.io, "BDAT", timeouts::FINAL).await?;
+                        let reply = self
+                            .replies
+                            .read(&mut self.io, "BDAT", timeouts::FINAL)
+                            .await?;
                         tx.on_reply(reply)
                     } else {
-                        let reply = self.replies.read(&mut self.io, "command", timeouts::COMMAND).await?;
+                        let reply = self
+                            .replies
+                            .read(&mut self.io, "command", timeouts::COMMAND)
+                            .await?;
                         tx.on_reply(reply)
                     }
                 }
                 TxStep::ReadReply => {
-                    let reply = self.replies.read(&mut self.io, "command", timeouts::COMMAND).await?;
+                    let reply = self
+                        .replies
+                        .read(&mut self.io, "command", timeouts::COMMAND)
+                        .await?;
                     tx.on_reply(reply)
                 }
                 TxStep::SendContent => {
-                    let file = content.take().ok_or(DeliveryError::Protocol("content sent twice".into()))?;
+                    let file = content
+                        .take()
+                        .ok_or(DeliveryError::Protocol("content sent twice".into()))?;
                     send_stuffed(&mut self.io, file).await?;
-                    let reply = self.replies.read(&mut self.io, "end of data", timeouts::FINAL).await?;
+                    let reply = self
+                        .replies
+                        .read(&mut self.io, "end of data", timeouts::FINAL)
+                        .await?;
                     tx.on_reply(reply)
                 }
                 TxStep::Done(outcome) => {
@@ -325,18 +363,27 @@ impl Connection {
     /// RSET, so the next transaction starts clean.
     async fn reset(&mut self) -> Result<(), DeliveryError> {
         write_all(&mut self.io, b"RSET\r\n", "RSET").await?;
-        let reply = self.replies.read(&mut self.io, "RSET", timeouts::COMMAND).await?;
+        let reply = self
+            .replies
+            .read(&mut self.io, "RSET", timeouts::COMMAND)
+            .await?;
         if reply.is_positive() {
             Ok(())
         } else {
-            Err(DeliveryError::Refused { phase: "RSET", reply })
+            Err(DeliveryError::Refused {
+                phase: "RSET",
+                reply,
+            })
         }
     }
 
     /// Says goodbye politely; errors are irrelevant by now.
     pub async fn quit(mut self) {
         if write_all(&mut self.io, b"QUIT\r\n", "QUIT").await.is_ok() {
-            let _ = self.replies.read(&mut self.io, "QUIT", timeouts::QUIT).await;
+            let _ = self
+                .replies
+                .read(&mut self.io, "QUIT", timeouts::QUIT)
+                .await;
         }
         let _ = self.io.shutdown().await;
     }
@@ -346,7 +393,14 @@ impl Connection {
 fn refuse_all(envelope: &Envelope, reply: Reply) -> TransactionOutcome {
     TransactionOutcome {
         mail_refused: Some(reply.clone()),
-        recipients: vec![reply; envelope.recipients.iter().filter(|r| !r.state.is_final()).count()],
+        recipients: vec![
+            reply;
+            envelope
+                .recipients
+                .iter()
+                .filter(|r| !r.state.is_final())
+                .count()
+        ],
         delivered: false,
         needs_reset: false,
     }
@@ -396,7 +450,10 @@ fn outgoing_envelope(envelope: &Envelope, caps: &Capabilities) -> OutgoingEnvelo
 }
 
 /// Streams the content dot-stuffed, ending with the terminator (DATA).
-async fn send_stuffed(io: &mut Box<dyn Io>, mut file: tokio::fs::File) -> Result<(), DeliveryError> {
+async fn send_stuffed(
+    io: &mut Box<dyn Io>,
+    mut file: tokio::fs::File,
+) -> Result<(), DeliveryError> {
     let mut stuffer = DotStuffer::new();
     let mut buf = vec![0u8; CONTENT_CHUNK];
     let mut out = Vec::with_capacity(CONTENT_CHUNK + CONTENT_CHUNK / 32);

@@ -157,30 +157,98 @@ mod tests {
     #[test]
     fn known_replies_map_to_their_decision() {
         let cases = [
-            (reply(550, 5, 7, 64, "TenantAttribution; Relay Access Denied"), Decision::Hold),
-            (reply(550, 5, 7, 68, "TenantInboundAttribution; Direct Send not allowed"), Decision::Hold),
-            (reply(550, 5, 7, 30, "Basic authentication is not supported"), Decision::Hold),
-            (reply(421, 4, 7, 66, "TLS 1.0 and 1.1 are not supported"), Decision::Defer),
-            (reply(550, 5, 6, 11, "SMTPSEND.BareLinefeedsAreIllegal"), Decision::Fail),
-            (reply(451, 4, 7, 500, "Access denied, please try again later"), Decision::Defer),
-            (reply(550, 5, 7, 705, "Access denied, tenant has exceeded threshold"), Decision::Hold),
-            (reply(550, 5, 7, 708, "Access denied, traffic not accepted from this IP"), Decision::Hold),
-            (reply(550, 5, 7, 750, "Client blocked from sending from unregistered domains"), Decision::Hold),
+            (
+                reply(550, 5, 7, 64, "TenantAttribution; Relay Access Denied"),
+                Decision::Hold,
+            ),
+            (
+                reply(
+                    550,
+                    5,
+                    7,
+                    68,
+                    "TenantInboundAttribution; Direct Send not allowed",
+                ),
+                Decision::Hold,
+            ),
+            (
+                reply(550, 5, 7, 30, "Basic authentication is not supported"),
+                Decision::Hold,
+            ),
+            (
+                reply(421, 4, 7, 66, "TLS 1.0 and 1.1 are not supported"),
+                Decision::Defer,
+            ),
+            (
+                reply(550, 5, 6, 11, "SMTPSEND.BareLinefeedsAreIllegal"),
+                Decision::Fail,
+            ),
+            (
+                reply(451, 4, 7, 500, "Access denied, please try again later"),
+                Decision::Defer,
+            ),
+            (
+                reply(
+                    550,
+                    5,
+                    7,
+                    705,
+                    "Access denied, tenant has exceeded threshold",
+                ),
+                Decision::Hold,
+            ),
+            (
+                reply(
+                    550,
+                    5,
+                    7,
+                    708,
+                    "Access denied, traffic not accepted from this IP",
+                ),
+                Decision::Hold,
+            ),
+            (
+                reply(
+                    550,
+                    5,
+                    7,
+                    750,
+                    "Client blocked from sending from unregistered domains",
+                ),
+                Decision::Hold,
+            ),
         ];
         for (reply, decision) in cases {
             let d = diagnose(&reply);
             assert_eq!(d.decision, decision, "{reply}");
             assert!(!d.cause.is_empty() && !d.fix.is_empty(), "{reply}");
         }
-        let attribution = diagnose(&reply(550, 5, 7, 64, "TenantAttribution; Relay Access Denied"));
-        assert!(attribution.fix.contains("client_cert") && attribution.fix.contains("queue release"));
+        let attribution = diagnose(&reply(
+            550,
+            5,
+            7,
+            64,
+            "TenantAttribution; Relay Access Denied",
+        ));
+        assert!(
+            attribution.fix.contains("client_cert") && attribution.fix.contains("queue release")
+        );
     }
 
     #[test]
     fn unknown_replies_follow_their_class() {
-        assert_eq!(diagnose(&reply(550, 5, 1, 1, "no such user")).decision, Decision::Fail);
-        assert_eq!(diagnose(&reply(451, 4, 3, 0, "try later")).decision, Decision::Defer);
-        assert_eq!(diagnose(&Reply::new(554, None, "no")).decision, Decision::Fail);
+        assert_eq!(
+            diagnose(&reply(550, 5, 1, 1, "no such user")).decision,
+            Decision::Fail
+        );
+        assert_eq!(
+            diagnose(&reply(451, 4, 3, 0, "try later")).decision,
+            Decision::Defer
+        );
+        assert_eq!(
+            diagnose(&Reply::new(554, None, "no")).decision,
+            Decision::Fail
+        );
         assert_eq!(diagnose(&Reply::new(421, None, "busy")).cause, "");
     }
 }

@@ -3,4 +3,5 @@
 
 pub mod client;
 pub mod exo;
+pub mod pool;
 pub mod route;

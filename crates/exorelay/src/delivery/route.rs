@@ -43,19 +43,33 @@ pub fn routes(upstreams: &[Upstream]) -> anyhow::Result<Vec<Arc<Route>>> {
         .collect()
 }
 
-/// The upstream for a message from `mail_from`: the first whose `sender_domains` contains the
-/// sender's domain exactly, else the first default upstream (no `sender_domains`).
-pub fn choose<'a>(routes: &'a [Arc<Route>], mail_from: &str) -> Option<&'a Arc<Route>> {
+/// The first item whose upstream's `sender_domains` contains the domain of `mail_from` exactly,
+/// else the first default upstream (no `sender_domains`).
+fn pick<'a, T>(
+    items: &'a [T],
+    upstream: impl Fn(&T) -> &Upstream,
+    mail_from: &str,
+) -> Option<&'a T> {
     let domain = mail_from
         .rsplit_once('@')
         .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
     domain
         .and_then(|d| {
-            routes
+            items
                 .iter()
-                .find(|r| r.upstream.sender_domains.iter().any(|s| *s == d))
+                .find(|i| upstream(i).sender_domains.iter().any(|s| *s == d))
         })
-        .or_else(|| routes.iter().find(|r| r.upstream.sender_domains.is_empty()))
+        .or_else(|| items.iter().find(|i| upstream(i).sender_domains.is_empty()))
+}
+
+/// The upstream a message from `mail_from` is delivered to.
+pub fn choose_upstream<'a>(upstreams: &'a [Upstream], mail_from: &str) -> Option<&'a Upstream> {
+    pick(upstreams, |u| u, mail_from)
+}
+
+/// The route a message from `mail_from` is delivered on.
+pub fn choose<'a>(routes: &'a [Arc<Route>], mail_from: &str) -> Option<&'a Arc<Route>> {
+    pick(routes, |r| &r.upstream, mail_from)
 }
 
 /// A host to connect to, with the name its certificate must carry.
@@ -187,7 +201,10 @@ mod tests {
             ("127.0.0.1", HostForm::Literal("127.0.0.1".parse().unwrap())),
             ("[::1]", HostForm::Literal("::1".parse().unwrap())),
             ("[smtp.example]", HostForm::NoMx("smtp.example".into())),
-            ("contoso-com.mail.protection.outlook.com", HostForm::Mx("contoso-com.mail.protection.outlook.com".into())),
+            (
+                "contoso-com.mail.protection.outlook.com",
+                HostForm::Mx("contoso-com.mail.protection.outlook.com".into()),
+            ),
         ];
         for (host, form) in cases {
             assert_eq!(host_form(host), form, "{host}");
@@ -204,6 +221,7 @@ mod tests {
                 server_name: None,
                 chunking: true,
                 max_connections: 1,
+                egress_ip: None,
                 ca_file: None,
                 client_identity: None,
                 sender_domains: domains.iter().map(|d| d.to_string()).collect(),
@@ -214,7 +232,11 @@ mod tests {
 
     #[test]
     fn routing_by_exact_sender_domain_with_default() {
-        let routes = vec![route("a", &["contoso.com"]), route("default", &[]), route("b", &["fabrikam.com"])];
+        let routes = vec![
+            route("a", &["contoso.com"]),
+            route("default", &[]),
+            route("b", &["fabrikam.com"]),
+        ];
         let cases = [
             ("x@contoso.com", "a"),
             ("x@Fabrikam.COM.", "b"),
@@ -223,7 +245,11 @@ mod tests {
             ("", "default"),
         ];
         for (from, expected) in cases {
-            assert_eq!(choose(&routes, from).unwrap().upstream.name, expected, "{from}");
+            assert_eq!(
+                choose(&routes, from).unwrap().upstream.name,
+                expected,
+                "{from}"
+            );
         }
         assert!(choose(&routes[..1], "x@example.org").is_none());
     }

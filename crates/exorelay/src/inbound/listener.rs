@@ -114,7 +114,10 @@ pub async fn run(
     loops.abort_all();
     info!("shutting down: no new connections, waiting up to {grace:?} for open sessions");
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, sessions.acquire_many(all)).await.is_err() {
+    if tokio::time::timeout(grace, sessions.acquire_many(all))
+        .await
+        .is_err()
+    {
         warn!("open sessions did not finish in time; their unacknowledged messages are dropped");
     }
 }
@@ -153,6 +156,7 @@ async fn connection(stream: TcpStream, addr: SocketAddr, id: u64, ctx: &Connecti
     let ip = canonical_ip(addr.ip());
     let Some(rule) = ctx.config.clients.iter().find(|rule| rule.covers(ip)) else {
         info!(session = id, client = %addr, "refused: client is in no [[client]] network, relaying denied");
+        crate::metrics::CLIENTS_DENIED.inc();
         reject_session(stream, ctx).await;
         return;
     };
@@ -172,7 +176,11 @@ async fn refuse(mut stream: TcpStream, reply: &Reply) {
 async fn reject_session(mut stream: TcpStream, ctx: &ConnectionContext) {
     const MAX_LINES: usize = 10;
     let hostname = &ctx.config.server.hostname;
-    if stream.write_all(&Reply::client_denied().to_bytes()).await.is_err() {
+    if stream
+        .write_all(&Reply::client_denied().to_bytes())
+        .await
+        .is_err()
+    {
         return;
     }
     let deadline = Instant::now() + ctx.config.server.command_timeout;

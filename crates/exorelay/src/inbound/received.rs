@@ -38,7 +38,10 @@ pub fn rfc5322_date(unix: u64) -> String {
     let secs = unix % 86_400;
     let (year, month, day) = civil_from_days(days);
     let weekday = DAYS.get((days % 7) as usize).copied().unwrap_or("Thu");
-    let month_name = MONTHS.get(month.saturating_sub(1) as usize).copied().unwrap_or("Jan");
+    let month_name = MONTHS
+        .get(month.saturating_sub(1) as usize)
+        .copied()
+        .unwrap_or("Jan");
     format!(
         "{weekday}, {day} {month_name} {year} {:02}:{:02}:{:02} +0000",
         secs / 3600,

@@ -18,7 +18,8 @@ use tracing::{info, warn};
 use crate::config::{ClientRule, Config};
 use crate::inbound::convert;
 use crate::inbound::received::received_header;
-use crate::policy::relay::RelayPolicy;
+use crate::metrics;
+use crate::policy::relay::{Preflight, RelayPolicy};
 use crate::queue::manager::QueueHandle;
 
 /// Bytes read from the socket per read call; the input buffer never grows far beyond it.
@@ -45,6 +46,8 @@ enum Exit {
 /// A message being received: its transaction and where its content goes.
 struct OpenMessage {
     transaction: Transaction,
+    /// Pre-flight's rewrite and warnings for this message.
+    preflight: Preflight,
     writer: MessageWriter,
     /// Set when writing content failed; the message is then refused with 451 at its end.
     write_failed: bool,
@@ -78,7 +81,16 @@ where
     let session_deadline = Instant::now() + server.session_timeout;
     let mut input = Vec::with_capacity(READ_CHUNK);
     write_reply(&mut stream, &session.greeting()).await?;
-    match drive(&mut stream, &mut session, &mut input, &peer, ctx, session_deadline).await? {
+    match drive(
+        &mut stream,
+        &mut session,
+        &mut input,
+        &peer,
+        ctx,
+        session_deadline,
+    )
+    .await?
+    {
         Exit::Closed => return stream.shutdown().await,
         Exit::StartTls => {}
     }
@@ -106,7 +118,15 @@ where
     // agreed to STARTTLS with an empty buffer, this keeps it that way).
     input.clear();
     session.tls_established();
-    drive(&mut tls_stream, &mut session, &mut input, &peer, ctx, session_deadline).await?;
+    drive(
+        &mut tls_stream,
+        &mut session,
+        &mut input,
+        &peer,
+        ctx,
+        session_deadline,
+    )
+    .await?;
     tls_stream.shutdown().await
 }
 
@@ -138,7 +158,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let server = &ctx.config.server;
-    let mut policy = RelayPolicy::new(peer.rule);
+    let mut policy = RelayPolicy::new(peer.rule, &ctx.config);
     let mut open: Option<OpenMessage> = None;
     let mut deadline = (Instant::now() + server.command_timeout).min(session_deadline);
     loop {
@@ -165,8 +185,10 @@ where
             Output::StartTls => return Ok(Exit::StartTls),
             Output::MessageBegin(transaction) => {
                 deadline = (Instant::now() + server.data_timeout).min(session_deadline);
-                open = begin_message(transaction, peer, ctx)
-                    .inspect_err(|e| warn!(session = peer.session_id, "cannot open spool file: {e}"))
+                open = begin_message(transaction, policy.take_preflight(), peer, ctx)
+                    .inspect_err(|e| {
+                        warn!(session = peer.session_id, "cannot open spool file: {e}")
+                    })
                     .ok();
             }
             Output::MessageContent(bytes) => {
@@ -197,7 +219,11 @@ fn deadline_passed(deadline: Instant) -> bool {
 }
 
 /// Reads more input before `deadline`. `Ok(false)` means the peer closed or the deadline passed.
-async fn read_more<S>(stream: &mut S, input: &mut Vec<u8>, deadline: Instant) -> std::io::Result<bool>
+async fn read_more<S>(
+    stream: &mut S,
+    input: &mut Vec<u8>,
+    deadline: Instant,
+) -> std::io::Result<bool>
 where
     S: AsyncRead + Unpin,
 {
@@ -226,6 +252,7 @@ where
 
 fn log_refusal(peer: &Peer<'_>, reply: &Reply) {
     if reply.is_permanent() || reply.is_transient() {
+        metrics::REFUSALS.inc();
         info!(
             session = peer.session_id,
             client = %peer.addr,
@@ -238,6 +265,7 @@ fn log_refusal(peer: &Peer<'_>, reply: &Reply) {
 /// Opens a spool writer and writes our `Received:` trace header first (RFC 5321 §4.4).
 fn begin_message(
     transaction: Transaction,
+    preflight: Preflight,
     peer: &Peer<'_>,
     ctx: &ConnectionContext,
 ) -> std::io::Result<OpenMessage> {
@@ -250,15 +278,28 @@ fn begin_message(
         now_unix(),
     );
     writer.write_all(header.as_bytes())?;
+    if preflight.rewrite.is_some() {
+        let original = transaction
+            .mail_from
+            .mailbox()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        writer.write_all(format!("X-Exorelay-Original-Sender: <{original}>\r\n").as_bytes())?;
+    }
     Ok(OpenMessage {
         transaction,
+        preflight,
         writer,
         write_failed: false,
     })
 }
 
 /// Makes the message durable; only then is a 250 built.
-async fn store(message: OpenMessage, peer: &Peer<'_>, ctx: &ConnectionContext) -> Result<Reply, Reply> {
+async fn store(
+    message: OpenMessage,
+    peer: &Peer<'_>,
+    ctx: &ConnectionContext,
+) -> Result<Reply, Reply> {
     let envelope = envelope_for(&message, peer);
     let recipients = envelope.recipients.len();
     let size = message.writer.bytes_written();
@@ -273,6 +314,7 @@ async fn store(message: OpenMessage, peer: &Peer<'_>, ctx: &ConnectionContext) -
                 recipients,
                 "queued"
             );
+            metrics::ACCEPTED.inc();
             ctx.queue.queued(durable.envelope().clone());
             Ok(accepted(durable))
         }
@@ -292,6 +334,11 @@ fn accepted(durable: Durable) -> Reply {
 fn envelope_for(message: &OpenMessage, peer: &Peer<'_>) -> Envelope {
     let t = &message.transaction;
     let now = now_unix();
+    let original = t
+        .mail_from
+        .mailbox()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     Envelope {
         version: spool::ENVELOPE_VERSION,
         id: message.writer.id(),
@@ -300,8 +347,12 @@ fn envelope_for(message: &OpenMessage, peer: &Peer<'_>) -> Envelope {
         client_name: peer.rule.name.clone(),
         helo: t.helo.clone(),
         tls: t.tls,
-        mail_from: t.mail_from.mailbox().map(ToString::to_string).unwrap_or_default(),
-        original_mail_from: None,
+        mail_from: message
+            .preflight
+            .rewrite
+            .clone()
+            .unwrap_or_else(|| original.clone()),
+        original_mail_from: message.preflight.rewrite.is_some().then_some(original),
         attempts: 0,
         next_attempt: now,
         size: message.writer.bytes_written(),

@@ -35,7 +35,10 @@ fn wants_failure_notice(recipient: &Recipient) -> bool {
 }
 
 /// Who a DSN about `envelope` goes to, if anyone.
-fn notice_recipient<'a>(envelope: &'a Envelope, config: &'a Config) -> Option<(&'a str, &'static str)> {
+fn notice_recipient<'a>(
+    envelope: &'a Envelope,
+    config: &'a Config,
+) -> Option<(&'a str, &'static str)> {
     if !envelope.mail_from.is_empty() {
         return Some((&envelope.mail_from, DSN_CLIENT));
     }
@@ -111,7 +114,9 @@ fn status_of(reply: &str) -> String {
     let mut words = reply.split_whitespace();
     let code = words.next().unwrap_or("554");
     match words.next() {
-        Some(enhanced) if enhanced.split('.').count() == 3 && enhanced.starts_with(['2', '4', '5']) => {
+        Some(enhanced)
+            if enhanced.split('.').count() == 3 && enhanced.starts_with(['2', '4', '5']) =>
+        {
             enhanced.to_string()
         }
         _ if code.starts_with('4') => "4.0.0".into(),
@@ -119,14 +124,16 @@ fn status_of(reply: &str) -> String {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn status_codes_come_from_the_recorded_reply() {
-        assert_eq!(status_of("550 5.7.64 TenantAttribution; Relay Access Denied"), "5.7.64");
+        assert_eq!(
+            status_of("550 5.7.64 TenantAttribution; Relay Access Denied"),
+            "5.7.64"
+        );
         assert_eq!(status_of("554 no enhanced code"), "5.0.0");
         assert_eq!(status_of("451 try later"), "4.0.0");
         assert_eq!(status_of(""), "5.0.0");

@@ -13,21 +13,18 @@ use std::time::Duration;
 use smtp::Reply;
 use smtp::client::TransactionOutcome;
 use spool::{Envelope, QueueId, RecipientState, Spool};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::delivery::client::{Connection, DeliveryError};
+use crate::delivery::client::DeliveryError;
 use crate::delivery::exo::{self, Decision};
+use crate::delivery::pool::{Attempt, Pool};
 use crate::delivery::route::{self, Route};
 use crate::inbound::session::now_unix;
+use crate::metrics;
 use crate::queue::bounce;
 use crate::queue::schedule::{Due, Schedule, expired, retry_delay};
-
-/// How long a worker keeps an idle connection open, waiting for another message.
-const CONNECTION_IDLE: Duration = Duration::from_secs(5);
-/// Most messages one connection carries before it is closed and a new one opened.
-const MESSAGES_PER_CONNECTION: usize = 1000;
 
 /// An administrator's command on the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,12 +45,6 @@ pub enum Command {
 enum Event {
     /// A message was committed to the spool.
     Queued(Envelope),
-    /// A delivery attempt ended.
-    Attempted {
-        id: QueueId,
-        host: Option<String>,
-        result: Result<TransactionOutcome, DeliveryError>,
-    },
     /// An administrator's command, answered on `reply`.
     Command {
         command: Command,
@@ -85,11 +76,6 @@ impl QueueHandle {
     }
 }
 
-/// A message handed to a worker.
-struct Job {
-    envelope: Envelope,
-}
-
 /// What is pending for a message that is being delivered right now.
 #[derive(Debug, Default)]
 struct InFlight {
@@ -101,10 +87,9 @@ struct Manager {
     spool: Spool,
     config: Arc<Config>,
     routes: Vec<Arc<Route>>,
-    workers: HashMap<String, mpsc::UnboundedSender<Job>>,
+    pools: HashMap<String, Pool>,
     schedule: Schedule,
     in_flight: HashMap<QueueId, InFlight>,
-    events: mpsc::UnboundedSender<Event>,
 }
 
 /// Starts the manager and its workers, seeded with the recovered queue. Returns the handle.
@@ -115,57 +100,54 @@ pub fn start(
     recovered: Vec<Envelope>,
 ) -> QueueHandle {
     let (events, inbox) = mpsc::unbounded_channel();
+    let (attempts, attempt_results) = mpsc::unbounded_channel();
+    let pools = routes
+        .iter()
+        .map(|route| {
+            let pool = Pool::start(
+                route.clone(),
+                spool.clone(),
+                config.server.hostname.clone(),
+                attempts.clone(),
+            );
+            (route.upstream.name.clone(), pool)
+        })
+        .collect();
     let mut manager = Manager {
         spool,
         config,
         routes,
-        workers: HashMap::new(),
+        pools,
         schedule: Schedule::default(),
         in_flight: HashMap::new(),
-        events: events.clone(),
     };
     for envelope in recovered {
         manager.schedule.insert(envelope.id, envelope.next_attempt);
     }
-    manager.start_workers();
-    tokio::spawn(manager.run(inbox));
+    tokio::spawn(manager.run(inbox, attempt_results));
     QueueHandle { events }
 }
 
 impl Manager {
-    fn start_workers(&mut self) {
-        for route in &self.routes {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let rx = Arc::new(Mutex::new(rx));
-            for _ in 0..route.upstream.max_connections {
-                tokio::spawn(worker(
-                    route.clone(),
-                    rx.clone(),
-                    self.spool.clone(),
-                    self.config.server.hostname.clone(),
-                    self.events.clone(),
-                ));
-            }
-            self.workers.insert(route.upstream.name.clone(), tx);
-        }
-    }
-
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Event>) {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<Event>,
+        mut attempts: mpsc::UnboundedReceiver<Attempt>,
+    ) {
         loop {
             let wait = self.dispatch_due();
-            let event = tokio::select! {
-                event = inbox.recv() => event,
-                () = tokio::time::sleep(wait) => continue,
-            };
-            let Some(event) = event else { return };
-            match event {
-                Event::Queued(envelope) => {
-                    self.schedule.insert(envelope.id, envelope.next_attempt);
-                }
-                Event::Attempted { id, host, result } => self.attempted(id, host, result),
-                Event::Command { command, reply } => {
-                    let _ = reply.send(self.command(command));
-                }
+            tokio::select! {
+                event = inbox.recv() => match event {
+                    Some(Event::Queued(envelope)) => {
+                        self.schedule.insert(envelope.id, envelope.next_attempt);
+                    }
+                    Some(Event::Command { command, reply }) => {
+                        let _ = reply.send(self.command(command));
+                    }
+                    None => return,
+                },
+                Some(attempt) = attempts.recv() => self.attempted(attempt),
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -214,20 +196,15 @@ impl Manager {
             self.defer_all(envelope, &reason, now);
             return;
         };
-        let Some(worker) = self.workers.get(&route.upstream.name) else {
+        let Some(pool) = self.pools.get(&route.upstream.name) else {
             return;
         };
         self.in_flight.insert(id, InFlight::default());
-        let _ = worker.send(Job { envelope });
+        pool.deliver(envelope);
     }
 
     /// Applies an attempt's outcome, then any command that waited for it.
-    fn attempted(
-        &mut self,
-        id: QueueId,
-        host: Option<String>,
-        result: Result<TransactionOutcome, DeliveryError>,
-    ) {
+    fn attempted(&mut self, Attempt { id, host, result }: Attempt) {
         let pending = self.in_flight.remove(&id).unwrap_or_default();
         match blocking(|| self.spool.load_envelope(id)) {
             Ok(envelope) => self.record(envelope, host, result),
@@ -260,11 +237,14 @@ impl Manager {
         let mut failed = Vec::new();
         let indexes: Vec<usize> = pending(&envelope).map(|(i, _)| i).collect();
         for (index, reply) in indexes.into_iter().zip(replies) {
-            let Some(recipient) = envelope.recipients.get_mut(index) else { continue };
+            let Some(recipient) = envelope.recipients.get_mut(index) else {
+                continue;
+            };
             recipient.attempts += 1;
             recipient.last_reply = Some(reply.to_string());
             if reply.code() / 100 == 2 {
                 recipient.state = RecipientState::Delivered;
+                metrics::DELIVERED.inc();
                 info!(
                     id = %envelope.id,
                     to = %recipient.address,
@@ -275,9 +255,13 @@ impl Manager {
             }
             let diagnosis = exo::diagnose(&reply);
             match diagnosis.decision {
-                Decision::Defer => recipient.state = RecipientState::Deferred,
+                Decision::Defer => {
+                    metrics::DEFERRED.inc();
+                    recipient.state = RecipientState::Deferred;
+                }
                 Decision::Fail => {
                     recipient.state = RecipientState::Failed;
+                    metrics::FAILED.inc();
                     failed.push(index);
                     info!(id = %envelope.id, to = %recipient.address, "failed: {reply}");
                 }
@@ -299,6 +283,7 @@ impl Manager {
         }
         if let Some(reason) = hold {
             warn!(id = %envelope.id, "held: {reason}");
+            metrics::HELD.inc();
             envelope.held_reason = Some(reason.clone());
             self.update(&envelope);
             if let Err(e) = blocking(|| self.spool.hold(envelope.id, &reason)) {
@@ -321,7 +306,10 @@ impl Manager {
             }
         }
         envelope.attempts += 1;
-        envelope.next_attempt = now + retry_delay(&self.config.queue.retry, envelope.attempts).as_secs().max(1);
+        envelope.next_attempt = now
+            + retry_delay(&self.config.queue.retry, envelope.attempts)
+                .as_secs()
+                .max(1);
         self.update(&envelope);
         self.schedule.insert(envelope.id, envelope.next_attempt);
     }
@@ -342,10 +330,18 @@ impl Manager {
 
     fn bounce(&mut self, envelope: &Envelope, failed: &[usize], host: Option<&str>) {
         let dsn = blocking(|| {
-            bounce::failure_notice(&self.spool, &self.config, envelope, failed, host, now_unix())
+            bounce::failure_notice(
+                &self.spool,
+                &self.config,
+                envelope,
+                failed,
+                host,
+                now_unix(),
+            )
         });
         match dsn {
             Ok(Some(dsn)) => {
+                metrics::DSNS.inc();
                 info!(id = %envelope.id, dsn = %dsn.id, to = %dsn.recipients.first().map_or("", |r| r.address.as_str()), "DSN queued");
                 self.schedule.insert(dsn.id, dsn.next_attempt);
             }
@@ -384,7 +380,9 @@ impl Manager {
         };
         if let Some(flight) = self.in_flight.get_mut(&target) {
             flight.after = Some(command);
-            return Ok(format!("{target} is being delivered; the command runs when the attempt ends"));
+            return Ok(format!(
+                "{target} is being delivered; the command runs when the attempt ends"
+            ));
         }
         match command {
             Command::Flush(_) => {
@@ -401,7 +399,8 @@ impl Manager {
                 Ok(format!("{target} held"))
             }
             Command::Release(_) => {
-                let mut envelope = blocking(|| self.spool.load_envelope(target)).map_err(|e| e.to_string())?;
+                let mut envelope =
+                    blocking(|| self.spool.load_envelope(target)).map_err(|e| e.to_string())?;
                 blocking(|| self.spool.release(target)).map_err(|e| e.to_string())?;
                 envelope.held_reason = None;
                 envelope.next_attempt = now;
@@ -415,7 +414,8 @@ impl Manager {
                 Ok(format!("{target} deleted"))
             }
             Command::Bounce(_) => {
-                let envelope = blocking(|| self.spool.load_envelope(target)).map_err(|e| e.to_string())?;
+                let envelope =
+                    blocking(|| self.spool.load_envelope(target)).map_err(|e| e.to_string())?;
                 let reason = Reply::new(
                     554,
                     Some(smtp::EnhancedCode::new(5, 0, 0)),
@@ -440,72 +440,4 @@ fn pending(envelope: &Envelope) -> impl Iterator<Item = (usize, &spool::Recipien
 /// Runs a short blocking spool operation (file writes, fsync) without stalling other tasks.
 fn blocking<T>(op: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(op)
-}
-
-/// A delivery worker: takes messages for one upstream, one at a time, keeping its connection
-/// open while more messages come within [`CONNECTION_IDLE`].
-async fn worker(
-    route: Arc<Route>,
-    jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
-    spool: Spool,
-    helo: String,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    let mut connection: Option<Connection> = None;
-    let mut carried = 0;
-    loop {
-        let job = {
-            let mut jobs = jobs.lock().await;
-            if connection.is_some() {
-                match tokio::time::timeout(CONNECTION_IDLE, jobs.recv()).await {
-                    Ok(job) => job,
-                    Err(_) => {
-                        drop(jobs);
-                        if let Some(c) = connection.take() {
-                            c.quit().await;
-                        }
-                        continue;
-                    }
-                }
-            } else {
-                jobs.recv().await
-            }
-        };
-        let Some(Job { envelope }) = job else { return };
-        if connection.is_none() || carried >= MESSAGES_PER_CONNECTION {
-            if let Some(c) = connection.take() {
-                c.quit().await;
-            }
-            carried = 0;
-            match Connection::open(&route, &helo).await {
-                Ok(c) => {
-                    info!(upstream = %route.upstream.name, host = %c.host, tls = c.tls, "connected");
-                    connection = Some(c);
-                }
-                Err(e) => {
-                    let _ = events.send(Event::Attempted {
-                        id: envelope.id,
-                        host: None,
-                        result: Err(e),
-                    });
-                    continue;
-                }
-            }
-        }
-        let Some(conn) = connection.as_mut() else { continue };
-        let host = Some(conn.host.clone());
-        let result = match spool.open_content(envelope.id) {
-            Ok(content) => conn.deliver(&envelope, content).await,
-            Err(e) => Err(DeliveryError::Spool(e.to_string())),
-        };
-        carried += 1;
-        if matches!(result, Err(_)) {
-            connection = None;
-        }
-        let _ = events.send(Event::Attempted {
-            id: envelope.id,
-            host,
-            result,
-        });
-    }
 }

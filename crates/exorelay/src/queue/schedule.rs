@@ -108,7 +108,11 @@ mod tests {
         let retry = minutes(&[1, 5, 15]);
         let cases = [(0, 1), (1, 1), (2, 5), (3, 15), (4, 15), (100, 15)];
         for (attempts, expected) in cases {
-            assert_eq!(retry_delay(&retry, attempts), Duration::from_secs(expected * 60), "{attempts}");
+            assert_eq!(
+                retry_delay(&retry, attempts),
+                Duration::from_secs(expected * 60),
+                "{attempts}"
+            );
         }
         assert_eq!(retry_delay(&[], 3), Duration::from_secs(60));
     }
@@ -118,12 +122,19 @@ mod tests {
         let day = Duration::from_secs(86_400);
         assert!(!expired(1000, 1000 + 86_399, day));
         assert!(expired(1000, 1000 + 86_400, day));
-        assert!(!expired(5000, 1000, day), "clock going backwards never expires");
+        assert!(
+            !expired(5000, 1000, day),
+            "clock going backwards never expires"
+        );
     }
 
     #[test]
     fn pop_due_returns_due_messages_in_order() {
-        let (a, b, c) = (QueueId::generate(), QueueId::generate(), QueueId::generate());
+        let (a, b, c) = (
+            QueueId::generate(),
+            QueueId::generate(),
+            QueueId::generate(),
+        );
         let mut s = Schedule::default();
         assert_eq!(s.pop_due(10, 10), Due::Empty);
         s.insert(a, 30);

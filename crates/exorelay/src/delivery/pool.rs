@@ -1,0 +1,205 @@
+//! A connection pool per upstream: at most `max_connections` open at once, idle connections
+//! reused most-recently-used first (so a burst of small messages rides a few warm connections
+//! instead of opening one each), closed after a short idle time or a number of messages, and
+//! messages waiting when every connection is busy.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp::client::TransactionOutcome;
+use spool::{Envelope, QueueId, Spool};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::delivery::client::{Connection, DeliveryError};
+use crate::delivery::route::Route;
+
+/// How long an idle connection is kept for the next message.
+const IDLE: Duration = Duration::from_secs(5);
+/// Most messages one connection carries before it is replaced.
+const MESSAGES_PER_CONNECTION: usize = 1000;
+
+/// The end of one delivery attempt.
+#[derive(Debug)]
+pub struct Attempt {
+    /// The message.
+    pub id: QueueId,
+    /// The host that answered, when a connection was made.
+    pub host: Option<String>,
+    /// Per-recipient outcome, or why the connection failed.
+    pub result: Result<TransactionOutcome, DeliveryError>,
+}
+
+/// A connection and how many messages it has carried.
+struct Warm {
+    connection: Connection,
+    carried: usize,
+    idle_since: Instant,
+}
+
+/// Messages for a pool task.
+enum PoolEvent {
+    /// Deliver this message.
+    Deliver(Envelope),
+    /// A delivery finished; its connection is back (None: it broke).
+    Finished(Option<Warm>),
+}
+
+/// The sending side of a pool.
+#[derive(Clone)]
+pub struct Pool {
+    events: mpsc::UnboundedSender<PoolEvent>,
+}
+
+impl Pool {
+    /// Starts the pool task for `route`; attempts are reported on `attempts`.
+    pub fn start(
+        route: Arc<Route>,
+        spool: Spool,
+        helo: String,
+        attempts: mpsc::UnboundedSender<Attempt>,
+    ) -> Pool {
+        let (events, inbox) = mpsc::unbounded_channel();
+        let task = PoolTask {
+            route,
+            spool,
+            helo,
+            attempts,
+            events: events.clone(),
+            idle: Vec::new(),
+            busy: 0,
+            waiting: VecDeque::new(),
+        };
+        tokio::spawn(task.run(inbox));
+        Pool { events }
+    }
+
+    /// Queues a message for delivery.
+    pub fn deliver(&self, envelope: Envelope) {
+        let _ = self.events.send(PoolEvent::Deliver(envelope));
+    }
+}
+
+struct PoolTask {
+    route: Arc<Route>,
+    spool: Spool,
+    helo: String,
+    attempts: mpsc::UnboundedSender<Attempt>,
+    events: mpsc::UnboundedSender<PoolEvent>,
+    /// Idle connections, most recently used last.
+    idle: Vec<Warm>,
+    /// Deliveries running.
+    busy: usize,
+    waiting: VecDeque<Envelope>,
+}
+
+impl PoolTask {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<PoolEvent>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                event = inbox.recv() => match event {
+                    Some(PoolEvent::Deliver(envelope)) => {
+                        self.waiting.push_back(envelope);
+                        self.start_deliveries();
+                    }
+                    Some(PoolEvent::Finished(warm)) => {
+                        self.busy = self.busy.saturating_sub(1);
+                        if let Some(warm) = warm {
+                            self.idle.push(warm);
+                        }
+                        self.start_deliveries();
+                    }
+                    None => return,
+                },
+                _ = tick.tick() => self.close_idle().await,
+            }
+        }
+    }
+
+    /// Starts a delivery for every waiting message that can have a connection.
+    fn start_deliveries(&mut self) {
+        let max = self.route.upstream.max_connections;
+        while let Some(envelope) = self.waiting.pop_front() {
+            let warm = self.idle.pop();
+            if warm.is_none() && self.busy + self.idle.len() >= max {
+                self.waiting.push_front(envelope);
+                return;
+            }
+            self.busy += 1;
+            tokio::spawn(deliver(
+                self.route.clone(),
+                self.spool.clone(),
+                self.helo.clone(),
+                warm,
+                envelope,
+                self.attempts.clone(),
+                self.events.clone(),
+            ));
+        }
+    }
+
+    async fn close_idle(&mut self) {
+        let now = Instant::now();
+        let (stale, fresh): (Vec<Warm>, Vec<Warm>) = std::mem::take(&mut self.idle)
+            .into_iter()
+            .partition(|w| now.duration_since(w.idle_since) >= IDLE);
+        self.idle = fresh;
+        for warm in stale {
+            warm.connection.quit().await;
+        }
+    }
+}
+
+/// Delivers one message on `warm` (or a new connection) and hands the connection back.
+async fn deliver(
+    route: Arc<Route>,
+    spool: Spool,
+    helo: String,
+    warm: Option<Warm>,
+    envelope: Envelope,
+    attempts: mpsc::UnboundedSender<Attempt>,
+    events: mpsc::UnboundedSender<PoolEvent>,
+) {
+    let id = envelope.id;
+    let mut warm = match warm {
+        Some(w) if w.carried < MESSAGES_PER_CONNECTION => w,
+        old => {
+            if let Some(old) = old {
+                old.connection.quit().await;
+            }
+            match Connection::open(&route, &helo).await {
+                Ok(connection) => {
+                    crate::metrics::CONNECTIONS.inc();
+                    info!(upstream = %route.upstream.name, host = %connection.host, tls = connection.tls, "connected");
+                    Warm {
+                        connection,
+                        carried: 0,
+                        idle_since: Instant::now(),
+                    }
+                }
+                Err(e) => {
+                    let _ = attempts.send(Attempt {
+                        id,
+                        host: None,
+                        result: Err(e),
+                    });
+                    let _ = events.send(PoolEvent::Finished(None));
+                    return;
+                }
+            }
+        }
+    };
+    let host = Some(warm.connection.host.clone());
+    let result = match spool.open_content(id) {
+        Ok(content) => warm.connection.deliver(&envelope, content).await,
+        Err(e) => Err(DeliveryError::Spool(e.to_string())),
+    };
+    warm.carried += 1;
+    warm.idle_since = Instant::now();
+    let back = result.is_ok().then_some(warm);
+    let _ = attempts.send(Attempt { id, host, result });
+    let _ = events.send(PoolEvent::Finished(back));
+}
