@@ -108,6 +108,12 @@ pub struct ClientRule {
     pub envelope_from: Option<String>,
     /// Pre-flight action for this client's mail.
     pub on_attribution_failure: AttributionAction,
+    /// Envelope sender used instead of the null sender `<>` when EXO would refuse it.
+    pub bounce_address: Option<String>,
+    /// Add a missing Date, Message-ID or From header.
+    pub repair_headers: bool,
+    /// Drop a From display name that contains an address (spoof shape).
+    pub repair_from: bool,
 }
 
 impl ClientRule {
@@ -346,6 +352,9 @@ impl Validator<'_> {
             allowed_recipient_domains: raw.allowed_recipient_domains.map(normalise_domains),
             envelope_from: raw.envelope_from,
             on_attribution_failure: raw.on_attribution_failure,
+            bounce_address: raw.bounce_address,
+            repair_headers: raw.repair_headers,
+            repair_from: raw.repair_from,
         })
     }
 
@@ -566,6 +575,11 @@ struct RawClient {
     envelope_from: Option<String>,
     #[serde(default = "defaults::on_attribution_failure")]
     on_attribution_failure: AttributionAction,
+    bounce_address: Option<String>,
+    #[serde(default)]
+    repair_headers: bool,
+    #[serde(default)]
+    repair_from: bool,
 }
 
 #[derive(Deserialize)]

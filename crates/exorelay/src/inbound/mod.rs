@@ -2,6 +2,7 @@
 //! the SMTP session, with the trace header and envelope it writes into the spool.
 
 pub mod convert;
+pub mod headers;
 pub mod listener;
 pub mod received;
 pub mod session;

@@ -17,7 +17,8 @@ use tracing::{info, warn};
 
 use crate::config::{ClientRule, Config};
 use crate::inbound::convert;
-use crate::inbound::received::received_header;
+use crate::inbound::headers;
+use crate::inbound::received::{received_header, rfc5322_date};
 use crate::metrics;
 use crate::policy::relay::{Preflight, RelayPolicy};
 use crate::queue::manager::QueueHandle;
@@ -51,6 +52,71 @@ struct OpenMessage {
     writer: MessageWriter,
     /// Set when writing content failed; the message is then refused with 451 at its end.
     write_failed: bool,
+    /// The header section held back for repair, until its end is seen.
+    held_headers: Option<Vec<u8>>,
+}
+
+impl OpenMessage {
+    /// Appends content, holding the header section back until it is complete.
+    fn write(&mut self, bytes: &[u8], peer: &Peer<'_>, ctx: &ConnectionContext) -> std::io::Result<()> {
+        let Some(held) = self.held_headers.as_mut() else {
+            return self.writer.write_all(bytes);
+        };
+        let searched = held.len().saturating_sub(3);
+        held.extend_from_slice(bytes);
+        let end = held
+            .get(searched..)
+            .and_then(|tail| tail.windows(4).position(|w| w == b"\r\n\r\n"))
+            .map(|p| searched + p + 4);
+        match end {
+            Some(end) => {
+                let held = self.held_headers.take().unwrap_or_default();
+                let (section, rest) = held.split_at(end.min(held.len()));
+                self.write_repaired(section, peer, ctx)?;
+                self.writer.write_all(rest)
+            }
+            None if held.len() > headers::MAX_HEADER_SECTION => {
+                let held = self.held_headers.take().unwrap_or_default();
+                self.writer.write_all(&held)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Writes whatever is still held back (a message that is all header section).
+    fn finish(&mut self, peer: &Peer<'_>, ctx: &ConnectionContext) -> std::io::Result<()> {
+        match self.held_headers.take() {
+            Some(held) => self.write_repaired(&held, peer, ctx),
+            None => Ok(()),
+        }
+    }
+
+    fn write_repaired(&mut self, section: &[u8], peer: &Peer<'_>, ctx: &ConnectionContext) -> std::io::Result<()> {
+        let rules = headers::RepairRules {
+            add_missing: peer.rule.repair_headers,
+            strip_spoofed_display_name: peer.rule.repair_from,
+        };
+        let sender = self.sender();
+        let facts = headers::MessageFacts {
+            date: &rfc5322_date(now_unix()),
+            queue_id: &self.writer.id().to_string(),
+            hostname: &ctx.config.server.hostname,
+            sender: &sender,
+        };
+        let repaired = headers::repair(section, rules, &facts);
+        self.writer.write_all(&repaired)
+    }
+
+    /// The envelope sender the message will be delivered from.
+    fn sender(&self) -> String {
+        self.preflight.rewrite.clone().unwrap_or_else(|| {
+            self.transaction
+                .mail_from
+                .mailbox()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        })
+    }
 }
 
 /// Per-connection facts used in logs, the `Received:` header and the envelope.
@@ -193,13 +259,19 @@ where
             }
             Output::MessageContent(bytes) => {
                 if let Some(message) = open.as_mut().filter(|m| !m.write_failed) {
-                    if let Err(e) = message.writer.write_all(&bytes) {
+                    if let Err(e) = message.write(&bytes, peer, ctx) {
                         warn!(session = peer.session_id, "spool write failed: {e}");
                         message.write_failed = true;
                     }
                 }
             }
             Output::MessageEnd => {
+                if let Some(message) = open.as_mut() {
+                    if let Err(e) = message.finish(peer, ctx) {
+                        warn!(session = peer.session_id, "spool write failed: {e}");
+                        message.write_failed = true;
+                    }
+                }
                 let result = match open.take() {
                     Some(message) if !message.write_failed => store(message, peer, ctx).await,
                     _ => Err(Reply::storage_failed()),
@@ -291,6 +363,7 @@ fn begin_message(
         preflight,
         writer,
         write_failed: false,
+        held_headers: (peer.rule.repair_headers || peer.rule.repair_from).then(Vec::new),
     })
 }
 
@@ -347,11 +420,7 @@ fn envelope_for(message: &OpenMessage, peer: &Peer<'_>) -> Envelope {
         client_name: peer.rule.name.clone(),
         helo: t.helo.clone(),
         tls: t.tls,
-        mail_from: message
-            .preflight
-            .rewrite
-            .clone()
-            .unwrap_or_else(|| original.clone()),
+        mail_from: message.sender(),
         original_mail_from: message.preflight.rewrite.is_some().then_some(original),
         attempts: 0,
         next_attempt: now,

@@ -74,9 +74,15 @@ pub fn egress_connection(upstream: Option<&Upstream>) -> Connection {
     }
 }
 
-/// The sender to try when `mail_from` fails: the client's `envelope_from`, where `{local}` stands
-/// for the original local part (`postmaster` for the null sender).
+/// The sender to try when `mail_from` fails: for the null sender the client's `bounce_address`,
+/// else its `envelope_from`, where `{local}` stands for the original local part (`postmaster`
+/// for the null sender).
 pub fn rewritten_sender(rule: &ClientRule, mail_from: &str) -> Option<String> {
+    if mail_from.is_empty() {
+        if let Some(bounce) = &rule.bounce_address {
+            return Some(bounce.clone());
+        }
+    }
     let template = rule.envelope_from.as_deref()?;
     let local = mail_from
         .rsplit_once('@')
@@ -189,6 +195,9 @@ connectors = [{ type = "OnPremises", sender_ip_addresses = ["198.51.100.7"] }]
             allowed_recipient_domains: None,
             envelope_from: envelope_from.map(str::to_string),
             on_attribution_failure: action,
+            bounce_address: None,
+            repair_headers: true,
+            repair_from: false,
         }
     }
 
