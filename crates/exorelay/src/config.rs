@@ -160,6 +160,8 @@ pub struct Upstream {
     pub chunking: bool,
     /// Most concurrent connections to this upstream.
     pub max_connections: usize,
+    /// Local address outgoing connections are made from (multi-homed hosts); default: any.
+    pub bind_address: Option<IpAddr>,
     /// The public address EXO sees this relay connect from (for pre-flight IP connector
     /// matching); unknown when unset.
     pub egress_ip: Option<IpAddr>,
@@ -402,6 +404,7 @@ impl Validator<'_> {
             chunking: raw.chunking,
             max_connections: raw.max_connections.max(1),
             egress_ip: raw.egress_ip,
+            bind_address: raw.bind_address,
             ca_file,
             client_identity,
             sender_domains: normalise_domains(raw.sender_domains),
@@ -597,6 +600,7 @@ struct RawUpstream {
     #[serde(default = "defaults::upstream_connections")]
     max_connections: usize,
     egress_ip: Option<IpAddr>,
+    bind_address: Option<IpAddr>,
     ca_file: Option<Spanned<PathBuf>>,
     client_cert: Option<Spanned<PathBuf>>,
     client_key: Option<Spanned<PathBuf>>,
@@ -703,6 +707,20 @@ impl fmt::Display for Config {
                 u.port,
                 u.tls,
                 u.client_identity.is_some()
+            )?;
+        }
+        for t in &self.tenants.tenants {
+            let domains: Vec<&str> = t
+                .accepted_domains
+                .iter()
+                .map(|d| d.domain.as_str())
+                .collect();
+            writeln!(
+                f,
+                "  tenant {}: accepted_domains={} connectors={}",
+                t.id,
+                domains.join(","),
+                t.connectors.len()
             )?;
         }
         write!(f, "  queue: dir={}", self.queue.dir.display())

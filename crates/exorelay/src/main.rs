@@ -18,7 +18,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(args.verbose);
+    cli::init_logging(&args);
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -207,8 +207,8 @@ fn one_flow(world: &World, args: &CheckArgs) -> anyhow::Result<ExitCode> {
         let ids: Vec<&str> = world.tenants.iter().map(|t| t.id.as_str()).collect();
         println!("Tenants: {}", ids.join(", "));
         println!();
-        for (label, judged) in [("Before Nov 2023", &before), ("After Nov 2023 ", &after)] {
-            println!("{label}: {}", judged.headline());
+        for (label, judged) in [("Before Nov 2023:", &before), ("After Nov 2023:", &after)] {
+            println!("{label:<16} {}", judged.headline());
             for line in judged.details() {
                 println!("  {line}");
             }

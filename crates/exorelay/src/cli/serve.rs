@@ -1,6 +1,8 @@
-//! `exorelay serve`: load the configuration, open (and recover) the spool, listen, and run until
-//! SIGTERM or SIGINT.
+//! `exorelay serve`: load the configuration, open (and recover) the spool, start the queue
+//! manager and the control socket, listen, and run until SIGTERM or SIGINT. [`Relay`] is the
+//! same daemon as a value, so `exorelay demo` can run it in-process.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,57 +22,81 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Runs the daemon with the configuration in `path`.
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    serve(config)
-}
-
-/// Runs the daemon with a validated configuration until a shutdown signal.
-pub fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve_async(config))
+    runtime.block_on(async {
+        let relay = Relay::start(config).await?;
+        shutdown_signal().await?;
+        relay.stop().await;
+        info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
-async fn serve_async(config: Config) -> anyhow::Result<ExitCode> {
-    info!("{config}");
-    let (spool, report) = spool::Spool::open(&config.queue.dir, spool::SpoolOptions::default())
-        .with_context(|| format!("cannot open the spool {}", config.queue.dir.display()))?;
-    for path in &report.removed_incomplete {
-        info!("recovery: removed incomplete {}", path.display());
-    }
-    for (path, reason) in &report.quarantined {
-        warn!("recovery: quarantined {}: {reason}", path.display());
-    }
-    info!(
-        queued = report.queued.len(),
-        held = report.held.len(),
-        "spool {} ready",
-        config.queue.dir.display()
-    );
-    let routes = crate::delivery::route::routes(&config.upstreams)?;
-    let config = Arc::new(config);
-    let queue = manager::start(spool.clone(), config.clone(), routes, report.queued);
-    let control = control::Server::bind(&config.queue.dir, queue.clone())?;
-    tokio::spawn(control.run());
-    let listeners = listener::bind(&config.server.listen)?;
-    for l in &listeners {
-        if let Ok(addr) = l.local_addr() {
+/// A running relay: listeners, queue manager, control socket.
+pub struct Relay {
+    addrs: Vec<SocketAddr>,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Opens the spool (recovering it), starts delivery and the control socket, and listens.
+    pub async fn start(config: Config) -> anyhow::Result<Relay> {
+        info!("{config}");
+        let (spool, report) = spool::Spool::open(&config.queue.dir, spool::SpoolOptions::default())
+            .with_context(|| format!("cannot open the spool {}", config.queue.dir.display()))?;
+        for path in &report.removed_incomplete {
+            info!("recovery: removed incomplete {}", path.display());
+        }
+        for (path, reason) in &report.quarantined {
+            warn!("recovery: quarantined {}: {reason}", path.display());
+        }
+        info!(
+            queued = report.queued.len(),
+            held = report.held.len(),
+            "spool {} ready",
+            config.queue.dir.display()
+        );
+        let routes = crate::delivery::route::routes(&config.upstreams)?;
+        let config = Arc::new(config);
+        let queue = manager::start(spool.clone(), config.clone(), routes, report.queued);
+        let control = control::Server::bind(&config.queue.dir, queue.clone())?;
+        tokio::spawn(control.run());
+        let listeners = listener::bind(&config.server.listen)?;
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        for addr in &addrs {
             info!("listening on {addr}");
         }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let ctx = Arc::new(ConnectionContext {
+            config,
+            spool,
+            queue,
+        });
+        let server = tokio::spawn(listener::run(listeners, ctx, stopped, SHUTDOWN_GRACE));
+        Ok(Relay {
+            addrs,
+            stop,
+            server,
+        })
     }
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let ctx = Arc::new(ConnectionContext {
-        config,
-        spool,
-        queue,
-    });
-    let server = tokio::spawn(listener::run(listeners, ctx, stopped, SHUTDOWN_GRACE));
-    shutdown_signal().await?;
-    let _ = stop.send(true);
-    server.await.context("listener task failed")?;
-    info!("stopped");
-    Ok(ExitCode::SUCCESS)
+
+    /// The addresses the relay listens on.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Stops accepting, lets open sessions finish (bounded), and returns.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+    }
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -14,8 +14,10 @@ use smtp::client::{
 use smtp::stuff::DotStuffer;
 use smtp::{EnhancedCode, Reply};
 use spool::Envelope;
+use std::net::{IpAddr, SocketAddr};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 use crate::delivery::route::{self, Route, Target};
@@ -201,7 +203,8 @@ impl Connection {
         let mut last_error =
             DeliveryError::Connect(format!("no address for {}", route.upstream.host));
         for target in targets {
-            match timeout(timeouts::CONNECT, TcpStream::connect(target.addr)).await {
+            let connect = connect_from(route.upstream.bind_address, target.addr);
+            match timeout(timeouts::CONNECT, connect).await {
                 Ok(Ok(tcp)) => {
                     let _ = tcp.set_nodelay(true);
                     return Connection::establish(tcp, &target, route, helo).await;
@@ -387,6 +390,20 @@ impl Connection {
         }
         let _ = self.io.shutdown().await;
     }
+}
+
+/// Connects to `to`, from `from` when a local address is configured.
+async fn connect_from(from: Option<IpAddr>, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(local) = from else {
+        return TcpStream::connect(to).await;
+    };
+    let socket = if to.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(local, 0))?;
+    socket.connect(to).await
 }
 
 /// Every recipient refused with the same reply (a local decision before sending).

@@ -222,6 +222,7 @@ mod tests {
                 chunking: true,
                 max_connections: 1,
                 egress_ip: None,
+                bind_address: None,
                 ca_file: None,
                 client_identity: None,
                 sender_domains: domains.iter().map(|d| d.to_string()).collect(),
