@@ -46,7 +46,10 @@ pub fn repair(section: &[u8], rules: RepairRules, facts: &MessageFacts<'_>) -> V
             added.push_str(&format!("Date: {}\r\n", facts.date));
         }
         if !has("Message-ID") {
-            added.push_str(&format!("Message-ID: <{}@{}>\r\n", facts.queue_id, facts.hostname));
+            added.push_str(&format!(
+                "Message-ID: <{}@{}>\r\n",
+                facts.queue_id, facts.hostname
+            ));
         }
         let from_address = parsed
             .as_ref()
@@ -61,7 +64,10 @@ pub fn repair(section: &[u8], rules: RepairRules, facts: &MessageFacts<'_>) -> V
         }
     }
     if rules.strip_spoofed_display_name {
-        let from = parsed.as_ref().and_then(|m| m.from()).and_then(|a| a.first());
+        let from = parsed
+            .as_ref()
+            .and_then(|m| m.from())
+            .and_then(|a| a.first());
         if let Some((name, address)) = from.and_then(|a| Some((a.name()?, a.address()?))) {
             if name.contains('@') && address.contains('@') {
                 return with_replaced_from(section, &added, &format!("<{address}>"));
@@ -89,7 +95,9 @@ fn field_name(line: &[u8]) -> Option<&str> {
         return None;
     }
     let colon = line.iter().position(|&b| b == b':')?;
-    std::str::from_utf8(line.get(..colon)?).ok().map(str::trim_end)
+    std::str::from_utf8(line.get(..colon)?)
+        .ok()
+        .map(str::trim_end)
 }
 
 /// The section with `added` first, the From field (with its continuation lines) replaced by
@@ -155,14 +163,24 @@ mod tests {
             add_missing: false,
             strip_spoofed_display_name: false,
         };
-        assert_eq!(fixed("Subject: scan\r\n\r\n", none), "Subject: scan\r\n\r\n");
+        assert_eq!(
+            fixed("Subject: scan\r\n\r\n", none),
+            "Subject: scan\r\n\r\n"
+        );
     }
 
     #[test]
     fn invalid_from_is_replaced_and_kept() {
         let out = fixed("From: scanner\r\nDate: x\r\nMessage-ID: <a@b>\r\n\r\n", ALL);
-        assert!(out.contains("From: <scanner@contoso.com>\r\nX-Exorelay-Original-From: scanner\r\n"), "{out}");
-        assert_eq!(out.matches("\r\nFrom:").count() + usize::from(out.starts_with("From:")), 1, "{out}");
+        assert!(
+            out.contains("From: <scanner@contoso.com>\r\nX-Exorelay-Original-From: scanner\r\n"),
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("\r\nFrom:").count() + usize::from(out.starts_with("From:")),
+            1,
+            "{out}"
+        );
     }
 
     #[test]
@@ -173,10 +191,14 @@ mod tests {
         ];
         for m in cases {
             let out = fixed(m, ALL);
-            assert!(out.starts_with("From: <x@lan.contoso.com>\r\nX-Exorelay-Original-From: "), "{out}");
+            assert!(
+                out.starts_with("From: <x@lan.contoso.com>\r\nX-Exorelay-Original-From: "),
+                "{out}"
+            );
             assert!(!out.contains("\r\nFrom: \""), "{out}");
         }
-        let honest = "From: Alice Smith <alice@contoso.com>\r\nDate: x\r\nMessage-ID: <a@b>\r\n\r\n";
+        let honest =
+            "From: Alice Smith <alice@contoso.com>\r\nDate: x\r\nMessage-ID: <a@b>\r\n\r\n";
         assert_eq!(fixed(honest, ALL), honest);
     }
 }

@@ -58,7 +58,12 @@ struct OpenMessage {
 
 impl OpenMessage {
     /// Appends content, holding the header section back until it is complete.
-    fn write(&mut self, bytes: &[u8], peer: &Peer<'_>, ctx: &ConnectionContext) -> std::io::Result<()> {
+    fn write(
+        &mut self,
+        bytes: &[u8],
+        peer: &Peer<'_>,
+        ctx: &ConnectionContext,
+    ) -> std::io::Result<()> {
         let Some(held) = self.held_headers.as_mut() else {
             return self.writer.write_all(bytes);
         };
@@ -91,7 +96,12 @@ impl OpenMessage {
         }
     }
 
-    fn write_repaired(&mut self, section: &[u8], peer: &Peer<'_>, ctx: &ConnectionContext) -> std::io::Result<()> {
+    fn write_repaired(
+        &mut self,
+        section: &[u8],
+        peer: &Peer<'_>,
+        ctx: &ConnectionContext,
+    ) -> std::io::Result<()> {
         let rules = headers::RepairRules {
             add_missing: peer.rule.repair_headers,
             strip_spoofed_display_name: peer.rule.repair_from,

@@ -90,6 +90,9 @@ struct Manager {
     pools: HashMap<String, Pool>,
     schedule: Schedule,
     in_flight: HashMap<QueueId, InFlight>,
+    /// Most messages handed to the pools at once, so a large backlog is loaded a window at a
+    /// time (Postfix's active queue) rather than all into memory.
+    window: usize,
 }
 
 /// Starts the manager and its workers, seeded with the recovered queue. Returns the handle.
@@ -113,6 +116,7 @@ pub fn start(
             (route.upstream.name.clone(), pool)
         })
         .collect();
+    let connections: usize = routes.iter().map(|r| r.upstream.max_connections).sum();
     let mut manager = Manager {
         spool,
         config,
@@ -120,6 +124,7 @@ pub fn start(
         pools,
         schedule: Schedule::default(),
         in_flight: HashMap::new(),
+        window: (connections * 8).max(64),
     };
     for envelope in recovered {
         manager.schedule.insert(envelope.id, envelope.next_attempt);
@@ -155,7 +160,11 @@ impl Manager {
     /// Hands every due message to its upstream's workers; returns how long to sleep.
     fn dispatch_due(&mut self) -> Duration {
         let now = now_unix();
-        let ids = match self.schedule.pop_due(now, usize::MAX) {
+        let room = self.window.saturating_sub(self.in_flight.len());
+        if room == 0 {
+            return Duration::from_secs(3600);
+        }
+        let ids = match self.schedule.pop_due(now, room) {
             Due::Ready(ids) => ids,
             Due::WaitUntil(at) => return Duration::from_secs(at.saturating_sub(now).max(1)),
             Due::Empty => return Duration::from_secs(3600),
