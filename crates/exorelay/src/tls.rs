@@ -102,8 +102,8 @@ impl ClientIdentity {
         rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .and_then(|b| {
-                Ok(b.with_root_certificates(rustls::RootCertStore::empty())
-                    .with_client_auth_cert(chain.clone(), private_key.clone_key())?)
+                b.with_root_certificates(rustls::RootCertStore::empty())
+                    .with_client_auth_cert(chain.clone(), private_key.clone_key())
             })
             .map_err(|e| TlsError::Rejected {
                 cert: cert.to_path_buf(),

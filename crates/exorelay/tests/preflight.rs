@@ -38,7 +38,13 @@ fn start_exosim(dir: &std::path::Path) -> Exosim {
     std::fs::write(&tenants, TENANTS).unwrap();
     let store = dir.join("exo-store");
     let mut child = Command::new(env!("CARGO_BIN_EXE_exorelay"))
-        .args(["exosim", "--listen", "127.0.0.1:0", "--source-ip", "198.51.100.10"])
+        .args([
+            "exosim",
+            "--listen",
+            "127.0.0.1:0",
+            "--source-ip",
+            "198.51.100.10",
+        ])
         .arg("--tenants")
         .arg(&tenants)
         .arg("--store")
@@ -56,7 +62,11 @@ fn start_exosim(dir: &std::path::Path) -> Exosim {
             }
         }
     });
-    let addr: std::net::SocketAddr = rx.recv_timeout(WAIT).expect("exosim started").parse().unwrap();
+    let addr: std::net::SocketAddr = rx
+        .recv_timeout(WAIT)
+        .expect("exosim started")
+        .parse()
+        .unwrap();
     Exosim {
         child,
         port: addr.port(),
@@ -123,16 +133,33 @@ fn exo_messages(exo: &Exosim) -> Vec<String> {
 fn refuse_answers_at_rcpt_and_spools_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let exo = start_exosim(dir.path());
-    let relay = Relay::start_with(&relay_config(exo.port, "on_attribution_failure = \"refuse\""));
-    let (rcpt, _) = send(&relay, "cron@app01.example.org", "ops@example.net", "<r1@test>");
+    let relay = Relay::start_with(&relay_config(
+        exo.port,
+        "on_attribution_failure = \"refuse\"",
+    ));
+    let (rcpt, _) = send(
+        &relay,
+        "cron@app01.example.org",
+        "ops@example.net",
+        "<r1@test>",
+    );
     println!("refused at RCPT: {rcpt}");
-    assert!(rcpt.starts_with("550-5.7.64") || rcpt.starts_with("550 5.7.64"), "{rcpt}");
+    assert!(
+        rcpt.starts_with("550-5.7.64") || rcpt.starts_with("550 5.7.64"),
+        "{rcpt}"
+    );
     assert!(rcpt.contains("Exchange Online would refuse"), "{rcpt}");
-    assert!(rcpt.contains("example.org"), "the advice names the sender domain: {rcpt}");
+    assert!(
+        rcpt.contains("example.org"),
+        "the advice names the sender domain: {rcpt}"
+    );
     assert!(relay.queued().is_empty(), "nothing spooled");
     // A sender in an accepted domain passes and reaches EXO as Originating.
     let (rcpt, data) = send(&relay, "cron@contoso.com", "ops@example.net", "<r2@test>");
-    assert!(rcpt.starts_with("250") && data.starts_with("250"), "{rcpt} / {data}");
+    assert!(
+        rcpt.starts_with("250") && data.starts_with("250"),
+        "{rcpt} / {data}"
+    );
     wait_until("delivery to exosim", || exo_messages(&exo).len() == 1);
     assert!(exo_messages(&exo)[0].contains("MessageDirectionality: Originating"));
 }
@@ -145,14 +172,31 @@ fn fix_rewrites_the_envelope_sender_and_keeps_the_original() {
         exo.port,
         "on_attribution_failure = \"fix\"\nenvelope_from = \"{local}@contoso.com\"",
     ));
-    let (rcpt, data) = send(&relay, "cron@app01.example.org", "ops@example.net", "<f1@test>");
-    assert!(rcpt.starts_with("250") && data.starts_with("250"), "{rcpt} / {data}");
+    let (rcpt, data) = send(
+        &relay,
+        "cron@app01.example.org",
+        "ops@example.net",
+        "<f1@test>",
+    );
+    assert!(
+        rcpt.starts_with("250") && data.starts_with("250"),
+        "{rcpt} / {data}"
+    );
     wait_until("delivery to exosim", || exo_messages(&exo).len() == 1);
     let stored = &exo_messages(&exo)[0];
     println!("{}", stored.lines().take(8).collect::<Vec<_>>().join("\n"));
-    assert!(stored.contains("X-MS-Exchange-Organization-MessageDirectionality: Originating"), "{stored}");
-    assert!(stored.contains("Return-Path: <cron@contoso.com>"), "rewritten envelope sender: {stored}");
-    assert!(stored.contains("X-Exorelay-Original-Sender: <cron@app01.example.org>"), "{stored}");
+    assert!(
+        stored.contains("X-MS-Exchange-Organization-MessageDirectionality: Originating"),
+        "{stored}"
+    );
+    assert!(
+        stored.contains("Return-Path: <cron@contoso.com>"),
+        "rewritten envelope sender: {stored}"
+    );
+    assert!(
+        stored.contains("X-Exorelay-Original-Sender: <cron@app01.example.org>"),
+        "{stored}"
+    );
     assert!(stored.contains("Message-ID: <f1@test>"));
 }
 
@@ -161,8 +205,16 @@ fn warn_delivers_as_sent_and_counts() {
     let dir = tempfile::tempdir().unwrap();
     let exo = start_exosim(dir.path());
     let relay = Relay::start_with(&relay_config(exo.port, "on_attribution_failure = \"warn\""));
-    let (rcpt, data) = send(&relay, "cron@app01.example.org", "ops@example.net", "<w1@test>");
-    assert!(rcpt.starts_with("250") && data.starts_with("250"), "{rcpt} / {data}");
+    let (rcpt, data) = send(
+        &relay,
+        "cron@app01.example.org",
+        "ops@example.net",
+        "<w1@test>",
+    );
+    assert!(
+        rcpt.starts_with("250") && data.starts_with("250"),
+        "{rcpt} / {data}"
+    );
     relay.wait_for_log("pre-flight: EXO will refuse");
     let metrics = Command::new(env!("CARGO_BIN_EXE_exorelay"))
         .args(["queue", "metrics", "--spool"])
@@ -170,7 +222,10 @@ fn warn_delivers_as_sent_and_counts() {
         .output()
         .unwrap();
     let metrics = String::from_utf8_lossy(&metrics.stdout);
-    assert!(metrics.contains("exorelay_preflight_warned_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("exorelay_preflight_warned_total 1"),
+        "{metrics}"
+    );
     // Delivered as sent: EXO refuses it, and the relay holds it with the explanation.
     relay.wait_for_log("held:");
     assert!(relay.log().contains("5.7.64"), "{}", relay.log());

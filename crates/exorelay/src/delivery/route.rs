@@ -57,7 +57,7 @@ fn pick<'a, T>(
         .and_then(|d| {
             items
                 .iter()
-                .find(|i| upstream(i).sender_domains.iter().any(|s| *s == d))
+                .find(|i| upstream(i).sender_domains.contains(&d))
         })
         .or_else(|| items.iter().find(|i| upstream(i).sender_domains.is_empty()))
 }

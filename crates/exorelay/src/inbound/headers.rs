@@ -68,10 +68,11 @@ pub fn repair(section: &[u8], rules: RepairRules, facts: &MessageFacts<'_>) -> V
             .as_ref()
             .and_then(|m| m.from())
             .and_then(|a| a.first());
-        if let Some((name, address)) = from.and_then(|a| Some((a.name()?, a.address()?))) {
-            if name.contains('@') && address.contains('@') {
-                return with_replaced_from(section, &added, &format!("<{address}>"));
-            }
+        if let Some((name, address)) = from.and_then(|a| Some((a.name()?, a.address()?)))
+            && name.contains('@')
+            && address.contains('@')
+        {
+            return with_replaced_from(section, &added, &format!("<{address}>"));
         }
     }
     let mut out = added.into_bytes();
@@ -105,9 +106,9 @@ fn field_name(line: &[u8]) -> Option<&str> {
 fn with_replaced_from(section: &[u8], added: &str, value: &str) -> Vec<u8> {
     let mut out = added.as_bytes().to_vec();
     let mut in_from = false;
-    let mut lines = section.split_inclusive(|&b| b == b'\n').peekable();
+    let lines = section.split_inclusive(|&b| b == b'\n');
     let mut in_headers = true;
-    while let Some(line) = lines.next() {
+    for line in lines {
         if in_headers && (line == b"\r\n" || line == b"\n") {
             in_headers = false;
         }

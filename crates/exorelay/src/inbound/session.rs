@@ -268,19 +268,19 @@ where
                     .ok();
             }
             Output::MessageContent(bytes) => {
-                if let Some(message) = open.as_mut().filter(|m| !m.write_failed) {
-                    if let Err(e) = message.write(&bytes, peer, ctx) {
-                        warn!(session = peer.session_id, "spool write failed: {e}");
-                        message.write_failed = true;
-                    }
+                if let Some(message) = open.as_mut().filter(|m| !m.write_failed)
+                    && let Err(e) = message.write(&bytes, peer, ctx)
+                {
+                    warn!(session = peer.session_id, "spool write failed: {e}");
+                    message.write_failed = true;
                 }
             }
             Output::MessageEnd => {
-                if let Some(message) = open.as_mut() {
-                    if let Err(e) = message.finish(peer, ctx) {
-                        warn!(session = peer.session_id, "spool write failed: {e}");
-                        message.write_failed = true;
-                    }
+                if let Some(message) = open.as_mut()
+                    && let Err(e) = message.finish(peer, ctx)
+                {
+                    warn!(session = peer.session_id, "spool write failed: {e}");
+                    message.write_failed = true;
                 }
                 let result = match open.take() {
                     Some(message) if !message.write_failed => store(message, peer, ctx).await,

@@ -78,10 +78,10 @@ pub fn egress_connection(upstream: Option<&Upstream>) -> Connection {
 /// else its `envelope_from`, where `{local}` stands for the original local part (`postmaster`
 /// for the null sender).
 pub fn rewritten_sender(rule: &ClientRule, mail_from: &str) -> Option<String> {
-    if mail_from.is_empty() {
-        if let Some(bounce) = &rule.bounce_address {
-            return Some(bounce.clone());
-        }
+    if mail_from.is_empty()
+        && let Some(bounce) = &rule.bounce_address
+    {
+        return Some(bounce.clone());
     }
     let template = rule.envelope_from.as_deref()?;
     let local = mail_from

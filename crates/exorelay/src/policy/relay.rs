@@ -84,7 +84,7 @@ fn domain_allowed(allowed: &[String], domain: &str) -> bool {
         .strip_suffix('.')
         .unwrap_or(domain)
         .to_ascii_lowercase();
-    allowed.iter().any(|a| *a == domain)
+    allowed.contains(&domain)
 }
 
 impl Policy for RelayPolicy<'_> {
@@ -115,10 +115,10 @@ impl Policy for RelayPolicy<'_> {
         if domain.is_literal() {
             return Err(Reply::relay_denied());
         }
-        if let Some(allowed) = &self.rule.allowed_recipient_domains {
-            if !domain_allowed(allowed, &domain.to_string()) {
-                return Err(Reply::relay_denied());
-            }
+        if let Some(allowed) = &self.rule.allowed_recipient_domains
+            && !domain_allowed(allowed, &domain.to_string())
+        {
+            return Err(Reply::relay_denied());
         }
         let mail_from = from.mailbox().map(ToString::to_string).unwrap_or_default();
         self.preflight(&mail_from, &to.mailbox().to_string())

@@ -44,7 +44,7 @@ pub enum Command {
 /// Messages for the manager.
 enum Event {
     /// A message was committed to the spool.
-    Queued(Envelope),
+    Queued(Box<Envelope>),
     /// An administrator's command, answered on `reply`.
     Command {
         command: Command,
@@ -61,7 +61,7 @@ pub struct QueueHandle {
 impl QueueHandle {
     /// Tells the manager about a message that is now durable.
     pub fn queued(&self, envelope: Envelope) {
-        let _ = self.events.send(Event::Queued(envelope));
+        let _ = self.events.send(Event::Queued(Box::new(envelope)));
     }
 
     /// Runs an administrator's command; the text says what was done.
@@ -219,10 +219,10 @@ impl Manager {
             Ok(envelope) => self.record(envelope, host, result),
             Err(e) => warn!(%id, "attempt finished but the envelope is unreadable: {e}"),
         }
-        if let Some(command) = pending.after {
-            if let Err(e) = self.command(command) {
-                info!(%id, "queued command after the attempt: {e}");
-            }
+        if let Some(command) = pending.after
+            && let Err(e) = self.command(command)
+        {
+            info!(%id, "queued command after the attempt: {e}");
         }
     }
 

@@ -100,10 +100,7 @@ impl Relay {
                 Ok(addr) => addrs.push(addr.parse().unwrap()),
                 Err(_) => {
                     let _ = child.kill();
-                    panic!(
-                        "exorelay did not start listening:\n{}",
-                        log.lock().unwrap()
-                    );
+                    panic!("exorelay did not start listening:\n{}", log.lock().unwrap());
                 }
             }
         }
@@ -125,7 +122,9 @@ impl Relay {
 
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&self, needle: &str) {
-        wait_until(&format!("log line {needle:?}"), || self.log().contains(needle));
+        wait_until(&format!("log line {needle:?}"), || {
+            self.log().contains(needle)
+        });
     }
 
     /// Kills the relay with SIGKILL and waits for it to be gone.
@@ -227,7 +226,10 @@ impl Client {
         loop {
             let mut line = String::new();
             let n = self.reader.read_line(&mut line).unwrap();
-            assert!(n > 0, "connection closed while waiting for a reply; got so far: {all:?}");
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply; got so far: {all:?}"
+            );
             assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
             let last = line.as_bytes().get(3) == Some(&b' ');
             all.push_str(line.trim_end());
@@ -264,7 +266,7 @@ impl Client {
     /// Whether the server closed the connection (reads to EOF, bounded by the read timeout).
     pub fn is_closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.reader.read_to_end(&mut rest), Ok(_))
+        self.reader.read_to_end(&mut rest).is_ok()
     }
 }
 
@@ -332,5 +334,422 @@ impl TestPki {
         std::fs::write(&cert_file, cert.pem()).unwrap();
         std::fs::write(&key_file, key.serialize_pem()).unwrap();
         (cert_file, key_file)
+    }
+}
+
+/// The client's bytes of a spooled message: `content` minus the relay's own `Received:` header,
+/// which must be the first header, folded over exactly three CRLF-ended lines
+/// (`Received: from …`, `\tby HOSTNAME (exorelay) with …`, `\tid QUEUEID; DATE`).
+pub fn after_relay_received<'a>(
+    content: &'a [u8],
+    envelope: &spool::Envelope,
+    hostname: &str,
+) -> &'a [u8] {
+    let mut rest = content;
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or_else(|| panic!("no CRLF-ended Received: header in {content:?}"));
+        lines.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+        rest = &rest[end + 2..];
+    }
+    let id_line = format!("\tid {};", envelope.id);
+    let by_line = format!("\tby {hostname} (exorelay) with ");
+    assert!(
+        lines[0].starts_with("Received: from ")
+            && lines[1].starts_with(&by_line)
+            && lines[2].starts_with(&id_line),
+        "the relay's Received: header is not the expected three lines: {lines:#?}"
+    );
+    assert!(
+        !rest.starts_with(b" ") && !rest.starts_with(b"\t"),
+        "the relay's Received: header has more than three lines"
+    );
+    rest
+}
+
+/// A loopback TCP port that was free a moment ago (bound to `127.0.0.1:0`, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Like [`have_tool`] for a check that is not a command: `ok` false skips with `reason`
+/// printed, or fails under `EXORELAY_REQUIRE_INTEROP=1`.
+pub fn have_requirement(ok: bool, reason: &str) -> bool {
+    if !ok {
+        assert!(
+            std::env::var("EXORELAY_REQUIRE_INTEROP").as_deref() != Ok("1"),
+            "required (EXORELAY_REQUIRE_INTEROP=1) but missing: {reason}"
+        );
+        eprintln!("SKIPPED: {reason}");
+    }
+    ok
+}
+
+/// Whether swaks can do STARTTLS: swaks itself plus perl's Net::SSLeay (a Debian
+/// *recommends* of swaks, so `--no-install-recommends` leaves it out: `libnet-ssleay-perl`).
+pub fn have_swaks_tls() -> bool {
+    if !have_tool("swaks") {
+        return false;
+    }
+    let ssleay = Command::new("perl")
+        .args(["-MNet::SSLeay", "-e", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    have_requirement(
+        ssleay,
+        "swaks --tls needs perl's Net::SSLeay (apt-get install libnet-ssleay-perl)",
+    )
+}
+
+/// Whether a private Postfix instance can be started: `postfix` installed, running as root
+/// (its master must start as root) and the `postfix` user the Debian package creates.
+pub fn have_postfix() -> bool {
+    if !have_tool("postfix") {
+        return false;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !have_requirement(root, "a private Postfix instance must be started as root") {
+        return false;
+    }
+    let user = Command::new("id")
+        .arg("postfix")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    have_requirement(
+        user,
+        "the postfix user does not exist (install the postfix package)",
+    )
+}
+
+/// The queued messages whose content carries the header `Message-ID: <message_id>` (matched
+/// case-insensitively on the field name, exactly on the id).
+pub fn with_message_id<'a>(
+    queued: &'a [(spool::Envelope, Vec<u8>)],
+    message_id: &str,
+) -> Vec<&'a (spool::Envelope, Vec<u8>)> {
+    const FIELD: &[u8] = b"message-id: ";
+    let needle = format!("{message_id}\r\n").into_bytes();
+    let len = FIELD.len() + needle.len();
+    queued
+        .iter()
+        .filter(|(_, content)| {
+            content.windows(len).any(|w| {
+                w[..FIELD.len()].eq_ignore_ascii_case(FIELD) && w[FIELD.len()..] == needle[..]
+            })
+        })
+        .collect()
+}
+
+// ---- Delivery tests (issue 3): process, queue CLI, SMTP sending and private Postfix helpers ----
+
+impl Relay {
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// `VmRSS` of process `pid` in KiB, from `/proc/PID/status`.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Runs `exorelay ARGS…` (the CLI, e.g. `queue show ID --spool DIR`) and returns its output.
+pub fn exorelay_cli(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exorelay"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run exorelay");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("exorelay {args:?} did not finish within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every message in a spool, queued and held, as `(envelope, held)`; unreadable ones skipped.
+pub fn spool_entries(spool_dir: &Path) -> Vec<(spool::Envelope, bool)> {
+    let Ok(reader) = spool::SpoolReader::open(spool_dir) else {
+        return Vec::new();
+    };
+    reader
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|entry| entry.envelope.ok().map(|e| (e, entry.held)))
+        .collect()
+}
+
+/// Polls `condition` every 20 ms for at most `limit`.
+pub fn wait_until_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `data` (CRLF lines) dot-stuffed and ended with `.CRLF`, ready to send after `354`.
+pub fn dot_stuffed(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 8);
+    let mut at_line_start = true;
+    for &b in data {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// A small message with the given `Message-ID` (with angle brackets) and subject.
+pub fn small_message(from: &str, to: &str, message_id: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: Sat, 28 Nov 2026 06:16:49 +0000\r\n\
+         Message-ID: {message_id}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\
+         \r\nHello from the delivery tests.\r\n.a line starting with a dot\r\nbye\r\n"
+    )
+    .into_bytes()
+}
+
+impl Client {
+    /// Connects, reads the greeting and says EHLO.
+    pub fn session(addr: SocketAddr) -> Client {
+        let mut c = Client::connect(addr);
+        c.greeting("220 ");
+        c.expect("EHLO client.test", "250");
+        c
+    }
+
+    /// One transaction: MAIL, RCPTs, DATA with `data` (dot-stuffed here); each step must
+    /// succeed. Returns the reply to the end of data, which must be 250; the queue id is its
+    /// last word.
+    pub fn mail(&mut self, from: &str, to: &[&str], data: &[u8]) -> String {
+        self.expect(&format!("MAIL FROM:<{from}>"), "250");
+        for rcpt in to {
+            self.expect(&format!("RCPT TO:<{rcpt}>"), "250");
+        }
+        self.expect("DATA", "354");
+        self.send(&dot_stuffed(data));
+        let reply = self.reply();
+        assert!(reply.starts_with("250 "), "end of data: {reply}");
+        reply
+    }
+}
+
+/// The queue id in a `250 2.0.0 Ok: queued as ID` reply (its last word).
+pub fn queue_id_of(reply: &str) -> String {
+    reply
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The service table of a private Postfix instance: an smtpd on `{SMTPD}` plus the services a
+/// receiving Postfix uses. Nothing is chrooted, so the instance needs no files outside its
+/// directory.
+pub const POSTFIX_MASTER_CF: &str = "\
+{SMTPD} inet n - n - - smtpd
+pickup    unix  n - n 60    1 pickup
+cleanup   unix  n - n -     0 cleanup
+qmgr      unix  n - n 300   1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n -     - trivial-rewrite
+bounce    unix  - - n -     0 bounce
+defer     unix  - - n -     0 bounce
+trace     unix  - - n -     0 bounce
+verify    unix  - - n -     1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -     - proxymap
+proxywrite unix - - n -     1 proxymap
+smtp      unix  - - n -     - smtp
+relay     unix  - - n -     - smtp
+showq     unix  n - n -     - showq
+error     unix  - - n -     - error
+retry     unix  - - n -     - error
+discard   unix  - - n -     - discard
+local     unix  - n n -     - local
+virtual   unix  - n n -     - virtual
+lmtp      unix  - - n -     - lmtp
+anvil     unix  - - n -     1 anvil
+scache    unix  - - n -     1 scache
+postlog   unix-dgram n - n - 1 postlogd
+";
+
+/// A private Postfix instance in a temporary directory (own `main.cf`, queue, data directory
+/// and `maillog_file`), stopped when dropped; its log is printed if the test failed.
+pub struct PrivatePostfix {
+    /// `-c` directory.
+    pub config_dir: PathBuf,
+    /// Where its smtpd listens (`127.0.0.1:PORT`).
+    pub smtpd: String,
+    /// Its `maillog_file`.
+    pub log_file: PathBuf,
+    /// The instance's root directory (world-readable, so Postfix's processes can reach it).
+    pub root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivatePostfix {
+    /// Configures and starts an instance whose `main.cf` is the basics (queue, data directory,
+    /// log file, loopback IPv4, `myhostname`) followed by `extra_main_cf`, in which `{ROOT}`
+    /// is replaced by the instance's directory. `prepare` runs on that directory before start.
+    pub fn start(
+        myhostname: &str,
+        extra_main_cf: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> PrivatePostfix {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = dir.path().to_path_buf();
+        let config_dir = root.join("etc");
+        let data_dir = root.join("data");
+        for d in [&config_dir, &root.join("queue"), &data_dir] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let chown = Command::new("chown")
+            .arg("postfix")
+            .arg(&data_dir)
+            .status()
+            .unwrap();
+        assert!(chown.success(), "chown postfix {}", data_dir.display());
+        let log_file = root.join("maillog");
+        let smtpd = format!("127.0.0.1:{}", free_port());
+        let main_cf = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {queue}\n\
+             data_directory = {data}\n\
+             maillog_file = {log}\n\
+             maillog_file_prefixes = {root}\n\
+             import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C\n\
+             inet_interfaces = 127.0.0.1\n\
+             inet_protocols = ipv4\n\
+             myhostname = {myhostname}\n\
+             mynetworks = 127.0.0.0/8\n\
+             alias_maps =\n\
+             alias_database =\n\
+             {extra}\n",
+            queue = root.join("queue").display(),
+            data = data_dir.display(),
+            log = log_file.display(),
+            root = root.display(),
+            extra = extra_main_cf.replace("{ROOT}", &root.display().to_string()),
+        );
+        std::fs::write(config_dir.join("main.cf"), main_cf).unwrap();
+        std::fs::write(
+            config_dir.join("master.cf"),
+            POSTFIX_MASTER_CF.replace("{SMTPD}", &smtpd),
+        )
+        .unwrap();
+        prepare(&root);
+        let postfix = PrivatePostfix {
+            config_dir,
+            smtpd,
+            log_file,
+            root,
+            _dir: dir,
+        };
+        postfix.command("check");
+        postfix.command("start");
+        let smtpd = postfix.smtpd.clone();
+        wait_until("Postfix's smtpd to listen", || {
+            TcpStream::connect(&smtpd).is_ok()
+        });
+        postfix
+    }
+
+    /// The smtpd port.
+    pub fn port(&self) -> u16 {
+        self.smtpd.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Runs `postfix -c DIR ARG`, asserting success.
+    pub fn command(&self, arg: &str) {
+        let output = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.config_dir)
+            .arg(arg)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "postfix {arg} failed ({}): {}{}\n---- maillog ----\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+    }
+
+    /// The instance's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    fn running(&self) -> bool {
+        Command::new("postfix")
+            .arg("-c")
+            .arg(&self.config_dir)
+            .arg("status")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for PrivatePostfix {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- postfix maillog ----\n{}", self.log());
+        }
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.config_dir)
+            .arg("stop")
+            .output();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.running() {
+            let _ = Command::new("postfix")
+                .arg("-c")
+                .arg(&self.config_dir)
+                .arg("abort")
+                .output();
+        }
     }
 }
