@@ -72,11 +72,24 @@ fn ehlo_advertises_the_extensions_and_no_auth_without_tls() {
     let mut c = relay.client();
     c.greeting("220 ");
     let ehlo = c.expect("EHLO client.test", "250");
-    for ext in ["PIPELINING", "SIZE 1048576", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"] {
+    for ext in [
+        "PIPELINING",
+        "SIZE 1048576",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+    ] {
         assert!(ehlo.contains(ext), "{ext} missing in {ehlo}");
     }
-    assert!(!ehlo.contains("AUTH"), "AUTH advertised without TLS: {ehlo}");
-    assert!(!ehlo.contains("STARTTLS"), "no certificate configured: {ehlo}");
+    assert!(
+        !ehlo.contains("AUTH"),
+        "AUTH advertised without TLS: {ehlo}"
+    );
+    assert!(
+        !ehlo.contains("STARTTLS"),
+        "no certificate configured: {ehlo}"
+    );
     c.expect("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "538 5.7.11");
 }
 
@@ -188,4 +201,46 @@ fn recipient_and_sender_domain_rules_are_exact() {
     c.expect("RCPT TO:<b@CONTOSO.com>", "250");
     c.expect("RCPT TO:<\"b@example.net\"@contoso.com>", "250");
     c.expect("QUIT", "221");
+}
+
+#[test]
+fn limits_and_abuse_get_their_replies() {
+    let config = common::BASE_CONFIG.replace(
+        "max_recipients = 5",
+        "max_recipients = 5\nmax_connections_per_ip = 2\ncommand_timeout = \"1s\"",
+    );
+    let relay = Relay::start_with(&config);
+    // Per-IP connection limit: the third concurrent session is refused.
+    let mut first = relay.client();
+    first.greeting("220");
+    let mut second = relay.client();
+    second.greeting("220");
+    let mut third = relay.client();
+    third.greeting("421 4.7.0");
+    drop(third);
+    second.expect("QUIT", "221");
+    // A silent client is timed out by the per-command deadline.
+    first.greeting("421 4.4.2");
+    assert!(first.is_closed());
+    // HTTP spoken to the SMTP port: refused and closed (cross-protocol attack).
+    let mut web = relay.client();
+    web.greeting("220");
+    web.expect("POST / HTTP/1.1", "554 5.7.0");
+    assert!(web.is_closed());
+    // A bare LF in a command line is refused; the session stays usable.
+    let mut c = session(&relay);
+    c.send(b"NOOP\nRSET\r\n");
+    let reply = c.reply();
+    assert!(reply.starts_with("550 5.5.2"), "{reply}");
+    c.expect("NOOP", "250");
+    // A mail loop: too many Received: headers.
+    c.expect("MAIL FROM:<a@contoso.com>", "250");
+    c.expect("RCPT TO:<b@example.net>", "250");
+    c.expect("DATA", "354");
+    let hops = "Received: from a by b; Sat, 28 Nov 2026 06:00:00 +0000\r\n".repeat(60);
+    c.send(format!("{hops}Subject: loop\r\n\r\nbody\r\n.\r\n").as_bytes());
+    let reply = c.reply();
+    assert!(reply.starts_with("554 5.4.6"), "{reply}");
+    c.expect("QUIT", "221");
+    assert!(relay.queued().is_empty());
 }
