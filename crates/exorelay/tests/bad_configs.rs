@@ -14,7 +14,11 @@ fn every_bad_config_gives_one_clear_error() {
         .map(|e| e.unwrap().path())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 6, "expected the bad-config cases in {}", root.display());
+    assert!(
+        cases.len() >= 6,
+        "expected the bad-config cases in {}",
+        root.display()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
@@ -33,9 +37,16 @@ fn every_bad_config_gives_one_clear_error() {
             && lines[0].starts_with(&config.display().to_string())
             && lines[0].contains(expected)
             && !stderr.contains("panicked");
-        println!("{} {name}: {}", if ok { "ok  " } else { "FAIL" }, stderr.trim_end());
+        println!(
+            "{} {name}: {}",
+            if ok { "ok  " } else { "FAIL" },
+            stderr.trim_end()
+        );
         if !ok {
-            failures.push(format!("{name}: expected one line containing {expected:?}, got {stderr:?} (status {})", out.status));
+            failures.push(format!(
+                "{name}: expected one line containing {expected:?}, got {stderr:?} (status {})",
+                out.status
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -57,7 +68,12 @@ fn the_annotated_example_config_is_valid() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("configuration OK"), "{stdout}");
     assert!(stdout.contains("upstream contoso"), "{stdout}");
 }

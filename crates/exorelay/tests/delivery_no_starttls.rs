@@ -1,0 +1,86 @@
+//! Downgrade: the upstream does not advertise STARTTLS while the relay's upstream says
+//! `tls = "required"`. The relay must say nothing but EHLO (and QUIT) in plaintext — never
+//! MAIL, RCPT, DATA, BDAT or a byte of the message — and keep the message queued, deferred with
+//! a 4.7.x reason, retrying on schedule (security.md §5).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+mod common;
+mod upstream;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, Relay, TestPki};
+use spool::RecipientState;
+use upstream::FakeUpstream;
+
+#[test]
+fn missing_starttls_defers_and_sends_nothing_in_plaintext() {
+    let started = Instant::now();
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let pki = TestPki::new(dir.path(), "test");
+    let (cert, key) = pki.leaf("relay-client", &["relay.contoso.com"]);
+    let fake = FakeUpstream::builder().starttls(false).start();
+    let upstream = format!(
+        "[[upstream]]\nname = \"exo\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"required\"\n\
+         server_name = \"mx.test\"\nca_file = \"{ca}\"\nclient_cert = \"{cert}\"\nclient_key = \"{key}\"\n",
+        port = fake.port(),
+        ca = pki.ca_file.display(),
+        cert = cert.display(),
+        key = key.display(),
+    );
+    let relay = Relay::start_in(dir, &upstream::relay_config(common::BASE_CONFIG, &upstream));
+
+    let body = b"Subject: secret\r\nMessage-ID: <nostarttls@test>\r\n\r\nTOP-SECRET-BODY-LINE\r\n";
+    let mut c = Client::session(relay.addr);
+    let reply = c.mail("app@contoso.com", &["someone@example.net"], body);
+    c.expect("QUIT", "221");
+    let id = common::queue_id_of(&reply);
+
+    // At least two attempts (the first and one retry after 1 s), each refused before MAIL.
+    common::wait_until_for("two connection attempts", Duration::from_secs(30), || {
+        fake.connections().iter().filter(|r| r.closed).count() >= 2
+    });
+    let queued = relay.queued();
+    assert_eq!(queued.len(), 1, "the message stays queued");
+    let envelope = &queued[0].0;
+    assert_eq!(envelope.id.to_string(), id);
+    let recipient = &envelope.recipients[0];
+    let last = recipient.last_reply.clone().unwrap_or_default();
+    assert_eq!(recipient.state, RecipientState::Deferred, "{envelope:?}");
+    assert!(
+        last.contains(" 4.7.") && last.contains("STARTTLS"),
+        "last reply: {last}"
+    );
+    assert_eq!(fake.message_count(), 0);
+
+    for (n, record) in fake.connections().iter().enumerate() {
+        let lines = record.plaintext_lines();
+        println!(
+            "connection {n}: plaintext lines {lines:?}, TLS bytes {}",
+            record.tls.len()
+        );
+        assert!(!record.tls_established && record.tls.is_empty());
+        for line in &lines {
+            let verb = line
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+            assert!(
+                verb == "EHLO" || verb == "QUIT",
+                "connection {n}: {line:?} sent in plaintext"
+            );
+        }
+        let raw = String::from_utf8_lossy(&record.plaintext);
+        assert!(
+            !raw.contains("TOP-SECRET") && !raw.contains("app@contoso.com"),
+            "{raw}"
+        );
+    }
+    println!(
+        "deferred after {} attempt(s) with {last:?}; {} connection(s); {:?}",
+        envelope.attempts,
+        fake.connection_count(),
+        started.elapsed()
+    );
+}
