@@ -141,7 +141,7 @@ impl LoadClient {
     }
 }
 
-/// Sends one message and classifies it. `Err` means the session cannot go on.
+/// Sends one message and classifies it; the flag says whether the session can go on.
 fn send_one(client: &mut LoadClient, data: &[u8]) -> (Outcome, bool) {
     let before_end = (|| -> io::Result<()> {
         client.command("MAIL FROM:<load@contoso.com>", "250")?;
@@ -364,6 +364,10 @@ fn kill9_under_load_loses_no_acknowledged_message_and_invents_none() {
         lost.is_empty(),
         "{} acknowledged messages are missing after restart: {lost:?}",
         lost.len()
+    );
+    assert!(
+        outcomes.len() < SESSIONS * PER_SESSION,
+        "the load finished before the kill; nothing was interrupted"
     );
     assert!(
         acked_total >= KILL_AFTER_ACKS,
