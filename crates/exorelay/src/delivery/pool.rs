@@ -119,15 +119,21 @@ impl PoolTask {
         }
     }
 
-    /// Starts a delivery for every waiting message that can have a connection.
+    /// Starts a delivery for every waiting message that can have a connection: an idle one
+    /// first; a new one only while the backlog is longer than the busy connections can take
+    /// next (so sequential mail rides one warm connection and concurrency grows with load).
     fn start_deliveries(&mut self) {
         let max = self.route.upstream.max_connections;
-        while let Some(envelope) = self.waiting.pop_front() {
+        while !self.waiting.is_empty() {
             let warm = self.idle.pop();
-            if warm.is_none() && self.busy + self.idle.len() >= max {
-                self.waiting.push_front(envelope);
+            let open = self.busy + self.idle.len();
+            let worth_opening = self.busy == 0 || self.waiting.len() > self.busy;
+            if warm.is_none() && (open >= max || !worth_opening) {
                 return;
             }
+            let Some(envelope) = self.waiting.pop_front() else {
+                return;
+            };
             self.busy += 1;
             tokio::spawn(deliver(
                 self.route.clone(),
