@@ -56,17 +56,26 @@ pub fn parse(line: &str) -> Result<Command, String> {
 pub struct Server {
     listener: UnixListener,
     queue: QueueHandle,
+    spool: spool::Spool,
 }
 
 impl Server {
     /// Binds the socket in `spool_dir`, replacing a stale one (the spool lock guarantees no
     /// other daemon uses this directory).
-    pub fn bind(spool_dir: &Path, queue: QueueHandle) -> anyhow::Result<Server> {
+    pub fn bind(
+        spool_dir: &Path,
+        queue: QueueHandle,
+        spool: spool::Spool,
+    ) -> anyhow::Result<Server> {
         let path = socket_path(spool_dir);
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)
             .with_context(|| format!("cannot create the control socket {}", path.display()))?;
-        Ok(Server { listener, queue })
+        Ok(Server {
+            listener,
+            queue,
+            spool,
+        })
     }
 
     /// Answers commands until the daemon stops.
@@ -77,13 +86,14 @@ impl Server {
                 continue;
             };
             let queue = self.queue.clone();
+            let commits = self.spool.commit_stats();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
                 let mut reader =
                     tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_LINE));
                 let answer = match reader.read_line(&mut line).await {
-                    Ok(_) if line.trim() == "metrics" => Ok(crate::metrics::render()),
+                    Ok(_) if line.trim() == "metrics" => Ok(crate::metrics::render(&commits)),
                     Ok(_) => match parse(&line) {
                         Ok(command) => {
                             info!("control: {}", line.trim());

@@ -108,13 +108,32 @@ const ALL: [&Counter; 12] = [
     &CONNECTIONS,
 ];
 
-/// Every counter in the Prometheus text exposition format.
-pub fn render() -> String {
+/// Every counter in the Prometheus text exposition format, followed by the spool's group
+/// commit counters (how many messages one sync covers: messages / batches).
+pub fn render(commits: &spool::CommitStats) -> String {
     let mut out = String::new();
-    for c in ALL {
-        let _ = writeln!(out, "# HELP {} {}", c.name, c.help);
-        let _ = writeln!(out, "# TYPE {} counter", c.name);
-        let _ = writeln!(out, "{} {}", c.name, c.get());
+    let spool = [
+        (
+            "exorelay_spool_commit_batches_total",
+            "Group commits (one directory sync each).",
+            commits.batches,
+        ),
+        (
+            "exorelay_spool_commit_messages_total",
+            "Messages made durable by group commits.",
+            commits.messages,
+        ),
+        (
+            "exorelay_spool_commit_failures_total",
+            "Messages whose commit failed (answered 451).",
+            commits.failed,
+        ),
+    ];
+    let counters = ALL.iter().map(|c| (c.name, c.help, c.get()));
+    for (name, help, value) in counters.chain(spool) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {value}");
     }
     out
 }
@@ -126,12 +145,13 @@ mod tests {
     #[test]
     fn render_lists_every_counter_with_help() {
         DSNS.inc();
-        let text = render();
+        let text = render(&spool::CommitStats::default());
         for c in ALL {
             assert!(text.contains(&format!("# HELP {} ", c.name)));
             assert!(text.contains(&format!("# TYPE {} counter", c.name)));
         }
         assert!(DSNS.get() >= 1);
+        assert!(text.contains("exorelay_spool_commit_batches_total 0"));
         assert!(
             text.lines()
                 .all(|l| l.starts_with('#') || l.split(' ').count() == 2)

@@ -408,7 +408,7 @@ fn run(disk: &Disk, receiver: &mpsc::Receiver<Pending>, max_batch: usize, stats:
 }
 
 /// Commits one batch, answering every waiter.
-fn commit_batch(disk: &Disk, batch: Vec<Pending>, stats: &Stats) {
+fn commit_batch(disk: &Disk, mut batch: Vec<Pending>, stats: &Stats) {
     let queue = &disk.layout.queue;
     if let Err(e) = disk.faults().before(Step::BeginBatch {
         messages: batch.len(),
@@ -422,9 +422,10 @@ fn commit_batch(disk: &Disk, batch: Vec<Pending>, stats: &Stats) {
 
     // 1. Each file's data and metadata on disk, so that a name in queue/ never points at
     //    content that a crash could lose.
+    let results = sync_batch(disk, &mut batch);
     let mut synced = Vec::with_capacity(batch.len());
-    for mut pending in batch {
-        match sync_files(disk, &mut pending) {
+    for (pending, result) in batch.into_iter().zip(results) {
+        match result {
             Ok(()) => synced.push(pending),
             Err(error) => pending.fail(error, stats),
         }
@@ -485,7 +486,35 @@ fn commit_batch(disk: &Disk, batch: Vec<Pending>, stats: &Stats) {
     }
 }
 
-fn sync_files(disk: &Disk, pending: &mut Pending) -> Result<(), Error> {
+/// fsyncs the content and envelope files of every message of `batch`; one result per
+/// message, in order. A batch of one message fsyncs its two files; a larger batch is flushed
+/// with one `syncfs`, whose cost does not grow with the number of files.
+fn sync_batch(disk: &Disk, batch: &mut [Pending]) -> Vec<Result<(), Error>> {
+    let tmp = &disk.layout.tmp;
+    if let [pending] = batch {
+        return vec![sync_message(disk, pending)];
+    }
+    let checked: Vec<Result<(), Error>> = batch
+        .iter_mut()
+        .map(|p| {
+            let id = p.id();
+            p.msg_file = None;
+            p.env_file = None;
+            disk.check_sync_file(&Layout::file(tmp, id, MSG_EXT))?;
+            disk.check_sync_file(&Layout::file(tmp, id, ENV_EXT))
+        })
+        .collect();
+    match disk.sync_filesystem(tmp) {
+        Ok(()) => checked,
+        Err(error) => checked
+            .into_iter()
+            .map(|_| Err(error.duplicate()))
+            .collect(),
+    }
+}
+
+/// fsyncs one message's content and envelope files in `tmp/`.
+fn sync_message(disk: &Disk, pending: &mut Pending) -> Result<(), Error> {
     let id = pending.id();
     if let Some(file) = pending.msg_file.take() {
         disk.sync_file(&file, &Layout::file(&disk.layout.tmp, id, MSG_EXT))?;

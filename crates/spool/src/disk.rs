@@ -158,6 +158,25 @@ impl Disk {
             .map_err(|e| Error::io("fsync", path, e))
     }
 
+    /// Flushes every file written on the spool's filesystem with one `syncfs(2)` (unless
+    /// syncing is turned off): one journal commit, whatever the number of files.
+    pub(crate) fn sync_filesystem(&self, dir: &Path) -> Result<(), Error> {
+        if !self.sync {
+            return Ok(());
+        }
+        File::open(dir)
+            .and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from))
+            .map_err(|e| Error::io("syncfs", dir, e))
+    }
+
+    /// Runs the fault hook of syncing `path` only: the file is made durable by a
+    /// [`Disk::sync_filesystem`] of its batch.
+    pub(crate) fn check_sync_file(&self, path: &Path) -> Result<(), Error> {
+        self.faults
+            .before(Step::SyncFile(path))
+            .map_err(|e| Error::io("fsync", path, e))
+    }
+
     /// fsync a directory, making the entries created, renamed or removed in it durable.
     pub(crate) fn sync_dir(&self, dir: &Path) -> Result<(), Error> {
         self.faults

@@ -63,7 +63,7 @@ impl Relay {
         let routes = crate::delivery::route::routes(&config.upstreams)?;
         let config = Arc::new(config);
         let queue = manager::start(spool.clone(), config.clone(), routes, report.queued);
-        let control = control::Server::bind(&config.queue.dir, queue.clone())?;
+        let control = control::Server::bind(&config.queue.dir, queue.clone(), spool.clone())?;
         tokio::spawn(control.run());
         let listeners = listener::bind(&config.server.listen)?;
         let addrs: Vec<SocketAddr> = listeners
