@@ -186,17 +186,21 @@ pub struct QueueSettings {
     pub postmaster: Option<String>,
 }
 
+/// Reads a configuration (or tenants) file, naming it in the error when it cannot be read.
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        field: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    })
+}
+
 impl Config {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            field: "(file)".into(),
-            message: format!("cannot read: {e}"),
-        })?;
-        Config::parse(&text, path)
+        Config::parse(&read_file(path)?, path)
     }
 
     /// Validates configuration text; `path` names it in errors and anchors relative paths.

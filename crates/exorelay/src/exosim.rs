@@ -46,7 +46,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use smtp::{EnhancedCode, ForwardPath, MailParams, Output, RcptParams, Reply, ReversePath};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -54,6 +54,7 @@ use tokio::time::{Instant, timeout_at};
 use tracing::{info, warn};
 
 use crate::config::canonical_ip;
+use crate::inbound::session::{read_more, write_reply};
 use crate::tls::{self, TlsError};
 
 /// EXO's advertised `SIZE` (157286400 octets, §7.1 \[OBS\]).
@@ -560,33 +561,6 @@ where
             Output::Close => return Ok(Exit::Closed),
         }
     }
-}
-
-async fn read_more<S>(
-    stream: &mut S,
-    input: &mut Vec<u8>,
-    deadline: Instant,
-) -> std::io::Result<bool>
-where
-    S: AsyncRead + Unpin,
-{
-    let mut buf = [0u8; READ_CHUNK];
-    match timeout_at(deadline, stream.read(&mut buf)).await {
-        Ok(Ok(n)) => {
-            input.extend_from_slice(buf.get(..n).unwrap_or_default());
-            Ok(n > 0)
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Ok(false),
-    }
-}
-
-async fn write_reply<S>(stream: &mut S, reply: &Reply) -> std::io::Result<()>
-where
-    S: AsyncWrite + Unpin,
-{
-    stream.write_all(&reply.to_bytes()).await?;
-    stream.flush().await
 }
 
 /// Asks the model about each recipient as it is given.

@@ -320,14 +320,7 @@ pub fn clean_path(path: &str) -> String {
 /// Reads a tenants file: either a file of `[tenant.*]` tables only, or a relay configuration
 /// (recognised by its `[server]` table), which is validated whole and gives its tenants.
 pub fn load(path: &Path) -> Result<World, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: 0,
-        column: 0,
-        field: "(file)".into(),
-        message: format!("cannot read: {e}"),
-    })?;
-    parse(&text, path)
+    parse(&crate::config::read_file(path)?, path)
 }
 
 /// Parses the text of a tenants file or relay configuration; see [`load`].

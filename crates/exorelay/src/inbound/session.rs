@@ -301,7 +301,7 @@ fn deadline_passed(deadline: Instant) -> bool {
 }
 
 /// Reads more input before `deadline`. `Ok(false)` means the peer closed or the deadline passed.
-async fn read_more<S>(
+pub async fn read_more<S>(
     stream: &mut S,
     input: &mut Vec<u8>,
     deadline: Instant,
@@ -324,7 +324,8 @@ where
     Ok(n > 0)
 }
 
-async fn write_reply<S>(stream: &mut S, reply: &Reply) -> std::io::Result<()>
+/// Writes one reply and flushes it.
+pub async fn write_reply<S>(stream: &mut S, reply: &Reply) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
