@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smtp::client::TransactionOutcome;
-use spool::{Envelope, QueueId, Spool};
+use spool::{Envelope, Spool};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::info;
@@ -24,8 +24,8 @@ const MESSAGES_PER_CONNECTION: usize = 1000;
 /// The end of one delivery attempt.
 #[derive(Debug)]
 pub struct Attempt {
-    /// The message.
-    pub id: QueueId,
+    /// The message's envelope as it was handed to the pool.
+    pub envelope: Envelope,
     /// The host that answered, when a connection was made.
     pub host: Option<String>,
     /// Per-recipient outcome, or why the connection failed.
@@ -188,7 +188,7 @@ async fn deliver(
                 }
                 Err(e) => {
                     let _ = attempts.send(Attempt {
-                        id,
+                        envelope,
                         host: None,
                         result: Err(e),
                     });
@@ -206,6 +206,10 @@ async fn deliver(
     warm.carried += 1;
     warm.idle_since = Instant::now();
     let back = result.is_ok().then_some(warm);
-    let _ = attempts.send(Attempt { id, host, result });
+    let _ = attempts.send(Attempt {
+        envelope,
+        host,
+        result,
+    });
     let _ = events.send(PoolEvent::Finished(back));
 }

@@ -213,12 +213,10 @@ impl Manager {
     }
 
     /// Applies an attempt's outcome, then any command that waited for it.
-    fn attempted(&mut self, Attempt { id, host, result }: Attempt) {
+    fn attempted(&mut self, attempt: Attempt) {
+        let id = attempt.envelope.id;
         let pending = self.in_flight.remove(&id).unwrap_or_default();
-        match blocking(|| self.spool.load_envelope(id)) {
-            Ok(envelope) => self.record(envelope, host, result),
-            Err(e) => warn!(%id, "attempt finished but the envelope is unreadable: {e}"),
-        }
+        self.record(attempt.envelope, attempt.host, attempt.result);
         if let Some(command) = pending.after
             && let Err(e) = self.command(command)
         {
