@@ -93,7 +93,13 @@ struct Manager {
     /// Most messages handed to the pools at once, so a large backlog is loaded a window at a
     /// time (Postfix's active queue) rather than all into memory.
     window: usize,
+    /// Envelopes of freshly queued messages, so their first attempt needs no spool read;
+    /// bounded by [`FRESH_ENVELOPES`].
+    fresh: HashMap<QueueId, Envelope>,
 }
+
+/// Most envelopes kept in memory for first attempts.
+const FRESH_ENVELOPES: usize = 10_000;
 
 /// Starts the manager and its workers, seeded with the recovered queue. Returns the handle.
 pub fn start(
@@ -125,6 +131,7 @@ pub fn start(
         schedule: Schedule::default(),
         in_flight: HashMap::new(),
         window: (connections * 8).max(64),
+        fresh: HashMap::new(),
     };
     for envelope in recovered {
         manager.schedule.insert(envelope.id, envelope.next_attempt);
@@ -145,6 +152,9 @@ impl Manager {
                 event = inbox.recv() => match event {
                     Some(Event::Queued(envelope)) => {
                         self.schedule.insert(envelope.id, envelope.next_attempt);
+                        if self.fresh.len() < FRESH_ENVELOPES {
+                            self.fresh.insert(envelope.id, *envelope);
+                        }
                     }
                     Some(Event::Command { command, reply }) => {
                         let _ = reply.send(self.command(command));
@@ -176,7 +186,8 @@ impl Manager {
     }
 
     fn dispatch(&mut self, id: QueueId, now: u64) {
-        let envelope = match blocking(|| self.spool.load_envelope(id)) {
+        let cached = self.fresh.remove(&id).map(Ok);
+        let envelope = match cached.unwrap_or_else(|| blocking(|| self.spool.load_envelope(id))) {
             Ok(envelope) => envelope,
             Err(e) => {
                 warn!(%id, "cannot load the envelope, not delivering: {e}");
@@ -365,6 +376,7 @@ impl Manager {
 
     fn remove(&mut self, id: QueueId) {
         self.schedule.remove(id);
+        self.fresh.remove(&id);
         if let Err(e) = blocking(|| self.spool.remove(id)) {
             warn!(%id, "cannot remove: {e}");
         }
@@ -401,6 +413,7 @@ impl Manager {
             }
             Command::Hold(_) => {
                 self.schedule.remove(target);
+                self.fresh.remove(&target);
                 blocking(|| self.spool.hold(target, "held by the administrator"))
                     .map_err(|e| e.to_string())?;
                 Ok(format!("{target} held"))
