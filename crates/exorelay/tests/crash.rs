@@ -8,13 +8,12 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Relay;
+use common::{Client, LoadClient, LoadOutcome, Relay};
 
 /// Parallel client sessions.
 const SESSIONS: usize = 10;
@@ -25,19 +24,6 @@ const PER_SESSION: usize = 80;
 const KILL_AFTER_ACKS: usize = 500;
 /// Socket read/write timeout for the load clients.
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// What the client knows about one message it tried to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    /// 250 to the end of data: the relay promised the message is on disk.
-    Acked(String),
-    /// Any other reply to the end of data, or a failure before the end of data was written:
-    /// the message must not be in the spool.
-    NotAccepted(String),
-    /// The end of data was (or may have been) written, but no reply was read before the relay
-    /// died: it may or may not be in the spool.
-    InFlight(String),
-}
 
 /// The message-id of message `seq` of `session` in run `run`.
 fn message_id(run: &str, session: usize, seq: usize) -> String {
@@ -96,87 +82,6 @@ fn checksum_ok(content: &[u8]) -> bool {
         == Some(fnv1a(&content[..start]))
 }
 
-/// A bare SMTP client over a std socket that returns errors instead of panicking.
-struct LoadClient {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl LoadClient {
-    fn connect(addr: SocketAddr) -> io::Result<LoadClient> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(LoadClient {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        })
-    }
-
-    /// Reads one reply; returns its last line.
-    fn reply(&mut self) -> io::Result<String> {
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed",
-                ));
-            }
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(line.trim_end().to_string());
-            }
-        }
-    }
-
-    /// Sends a command and expects a reply starting with `code`.
-    fn command(&mut self, line: &str, code: &str) -> io::Result<()> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
-        let reply = self.reply()?;
-        if reply.starts_with(code) {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!("{line}: {reply}")))
-        }
-    }
-}
-
-/// Sends one message and classifies it; the flag says whether the session can go on.
-fn send_one(client: &mut LoadClient, data: &[u8]) -> (Outcome, bool) {
-    let before_end = (|| -> io::Result<()> {
-        client.command("MAIL FROM:<load@contoso.com>", "250")?;
-        client.command("RCPT TO:<sink@example.net>", "250")?;
-        client.command("DATA", "354")?;
-        // Dot-stuffed (RFC 5321 §4.5.2); `data` ends in CRLF, so only `.CRLF` is left to send.
-        let mut wire = Vec::with_capacity(data.len() + 64);
-        for line in data.split_inclusive(|&b| b == b'\n') {
-            if line.starts_with(b".") {
-                wire.push(b'.');
-            }
-            wire.extend_from_slice(line);
-        }
-        client.writer.write_all(&wire)
-    })();
-    if let Err(e) = before_end {
-        return (
-            Outcome::NotAccepted(format!("before end of data: {e}")),
-            false,
-        );
-    }
-    // From here on the relay may have the whole message.
-    if let Err(e) = client.writer.write_all(b".\r\n") {
-        return (
-            Outcome::InFlight(format!("writing end of data: {e}")),
-            false,
-        );
-    }
-    match client.reply() {
-        Ok(reply) if reply.starts_with("250") => (Outcome::Acked(reply), true),
-        Ok(reply) => (Outcome::NotAccepted(reply), false),
-        Err(e) => (Outcome::InFlight(format!("reading the reply: {e}")), false),
-    }
-}
-
 /// One session: sends its messages in turn until done or the connection breaks.
 fn session(
     addr: SocketAddr,
@@ -184,9 +89,9 @@ fn session(
     session: usize,
     acked: &AtomicUsize,
     stop: &AtomicBool,
-) -> Vec<(String, Outcome)> {
+) -> Vec<(String, LoadOutcome)> {
     let mut log = Vec::new();
-    let Ok(mut client) = LoadClient::connect(addr) else {
+    let Ok(mut client) = LoadClient::connect(addr, IO_TIMEOUT) else {
         return log;
     };
     if client.reply().is_err() || client.command("EHLO load.test", "250").is_err() {
@@ -196,8 +101,8 @@ fn session(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let (outcome, go_on) = send_one(&mut client, &message(run, session, seq));
-        if matches!(outcome, Outcome::Acked(_)) {
+        let (outcome, go_on) = client.send(&message(run, session, seq));
+        if matches!(outcome, LoadOutcome::Acked(_)) {
             acked.fetch_add(1, Ordering::SeqCst);
         }
         log.push((message_id(run, session, seq), outcome));
@@ -248,7 +153,7 @@ fn kill9_under_load_loses_no_acknowledged_message_and_invents_none() {
         t.join().expect("load session panicked");
     }
     let logs = std::mem::take(&mut *logs.lock().unwrap());
-    let outcomes: HashMap<String, Outcome> = logs.into_iter().collect();
+    let outcomes: HashMap<String, LoadOutcome> = logs.into_iter().collect();
 
     // What the kill left half-written; recovery must remove it (files written later by the
     // restarted relay's own work are not counted).
@@ -265,10 +170,10 @@ fn kill9_under_load_loses_no_acknowledged_message_and_invents_none() {
         .unwrap_or_default();
     let queued = relay.queued();
 
-    let count = |f: fn(&Outcome) -> bool| outcomes.values().filter(|o| f(o)).count();
-    let acked_total = count(|o| matches!(o, Outcome::Acked(_)));
-    let in_flight = count(|o| matches!(o, Outcome::InFlight(_)));
-    let not_accepted = count(|o| matches!(o, Outcome::NotAccepted(_)));
+    let count = |f: fn(&LoadOutcome) -> bool| outcomes.values().filter(|o| f(o)).count();
+    let acked_total = count(|o| matches!(o, LoadOutcome::Acked(_)));
+    let in_flight = count(|o| matches!(o, LoadOutcome::InFlight(_)));
+    let not_accepted = count(|o| matches!(o, LoadOutcome::NotAccepted(_)));
     println!(
         "load: {SESSIONS} sessions x {PER_SESSION} messages; killed after {acked_at_kill} acks at {load_time:?}"
     );
@@ -277,7 +182,7 @@ fn kill9_under_load_loses_no_acknowledged_message_and_invents_none() {
         outcomes.len()
     );
     for (id, outcome) in &outcomes {
-        if !matches!(outcome, Outcome::Acked(_)) {
+        if !matches!(outcome, LoadOutcome::Acked(_)) {
             println!("  {id}: {outcome:?}");
         }
     }
@@ -307,9 +212,9 @@ fn kill9_under_load_loses_no_acknowledged_message_and_invents_none() {
             )
         });
         match outcome {
-            Outcome::Acked(_) => {}
-            Outcome::InFlight(_) => in_flight_found += 1,
-            Outcome::NotAccepted(why) => {
+            LoadOutcome::Acked(_) => {}
+            LoadOutcome::InFlight(_) => in_flight_found += 1,
+            LoadOutcome::NotAccepted(why) => {
                 panic!(
                     "{id_line} ({}) is in the spool but was not accepted: {why}",
                     envelope.id
@@ -356,7 +261,7 @@ fn kill9_under_load_loses_no_acknowledged_message_and_invents_none() {
     // Every acknowledged message survived.
     let mut lost: Vec<&String> = outcomes
         .iter()
-        .filter(|(id, o)| matches!(o, Outcome::Acked(_)) && !found.contains(*id))
+        .filter(|(id, o)| matches!(o, LoadOutcome::Acked(_)) && !found.contains(*id))
         .map(|(id, _)| id)
         .collect();
     lost.sort();
@@ -384,14 +289,12 @@ fn kill9_under_load_loses_no_acknowledged_message_and_invents_none() {
     );
 
     // The restarted relay takes mail again.
-    let mut c = relay.client();
-    c.greeting("220 ");
-    c.expect("EHLO load.test", "250");
-    c.expect("MAIL FROM:<load@contoso.com>", "250");
-    c.expect("RCPT TO:<sink@example.net>", "250");
-    c.expect("DATA", "354");
-    c.send(b"Subject: after restart\r\n\r\nok\r\n.\r\n");
-    let reply = c.reply();
+    let mut c = Client::session(relay.addr);
+    let reply = c.mail(
+        "load@contoso.com",
+        &["sink@example.net"],
+        b"Subject: after restart\r\n\r\nok\r\n",
+    );
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     assert_eq!(relay.queued().len(), queued.len() + 1);
 

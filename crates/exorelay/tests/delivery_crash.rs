@@ -12,13 +12,12 @@ mod common;
 mod upstream;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Relay;
+use common::{LoadClient, LoadOutcome, Relay};
 use upstream::FakeUpstream;
 
 /// Parallel client sessions.
@@ -31,17 +30,6 @@ const KILL_AFTER_ACKS: usize = 400;
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a client keeps trying to reconnect while the relay is down.
 const RECONNECT_FOR: Duration = Duration::from_secs(30);
-
-/// What a client knows about one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    /// 250 to the end of data: the relay promised delivery.
-    Acked,
-    /// Refused, or the session broke before the end of data was written.
-    NotAccepted(String),
-    /// The end of data was written but no reply came: either way is correct.
-    Unknown(String),
-}
 
 fn message_id(session: usize, seq: usize) -> String {
     format!("<dcrash-{session}-{seq}@load.test>")
@@ -61,100 +49,38 @@ fn message(session: usize, seq: usize) -> Vec<u8> {
     m
 }
 
-/// A bare SMTP client that returns errors instead of panicking.
-struct LoadClient {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl LoadClient {
-    /// Connects, reads the greeting and says EHLO; retries while the relay is down.
-    fn open(addr: SocketAddr) -> Option<LoadClient> {
-        let deadline = Instant::now() + RECONNECT_FOR;
-        while Instant::now() < deadline {
-            if let Ok(mut c) = LoadClient::connect(addr)
-                && c.reply().is_ok_and(|r| r.starts_with("220"))
-                && c.command("EHLO load.test", "250").is_ok()
-            {
-                return Some(c);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+/// Connects, reads the greeting and says EHLO; retries while the relay is down.
+fn open(addr: SocketAddr) -> Option<LoadClient> {
+    let deadline = Instant::now() + RECONNECT_FOR;
+    while Instant::now() < deadline {
+        if let Ok(mut c) = LoadClient::connect(addr, IO_TIMEOUT)
+            && c.reply().is_ok_and(|r| r.starts_with("220"))
+            && c.command("EHLO load.test", "250").is_ok()
+        {
+            return Some(c);
         }
-        None
+        std::thread::sleep(Duration::from_millis(50));
     }
-
-    fn connect(addr: SocketAddr) -> io::Result<LoadClient> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(LoadClient {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        })
-    }
-
-    fn reply(&mut self) -> io::Result<String> {
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
-            }
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(line.trim_end().to_string());
-            }
-        }
-    }
-
-    fn command(&mut self, line: &str, code: &str) -> io::Result<()> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
-        let reply = self.reply()?;
-        if reply.starts_with(code) {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!("{line}: {reply}")))
-        }
-    }
-
-    /// Sends one message; the flag says whether the session can go on.
-    fn send(&mut self, data: &[u8]) -> (Outcome, bool) {
-        let before_end = (|| -> io::Result<()> {
-            self.command("MAIL FROM:<load@contoso.com>", "250")?;
-            self.command("RCPT TO:<sink@example.net>", "250")?;
-            self.command("DATA", "354")?;
-            let stuffed = common::dot_stuffed(data);
-            self.writer.write_all(&stuffed[..stuffed.len() - 3])
-        })();
-        if let Err(e) = before_end {
-            return (Outcome::NotAccepted(e.to_string()), false);
-        }
-        if let Err(e) = self.writer.write_all(b".\r\n") {
-            return (Outcome::Unknown(e.to_string()), false);
-        }
-        match self.reply() {
-            Ok(reply) if reply.starts_with("250") => (Outcome::Acked, true),
-            Ok(reply) => (Outcome::NotAccepted(reply), false),
-            Err(e) => (Outcome::Unknown(e.to_string()), false),
-        }
-    }
+    None
 }
 
 /// One client: sends its messages in turn, reconnecting after the relay died.
-fn client(addr: SocketAddr, session: usize, acked: &AtomicUsize) -> Vec<(String, Outcome)> {
+fn client(addr: SocketAddr, session: usize, acked: &AtomicUsize) -> Vec<(String, LoadOutcome)> {
     let mut log = Vec::new();
     let mut conn: Option<LoadClient> = None;
     for seq in 0..PER_SESSION {
         if conn.is_none() {
-            conn = LoadClient::open(addr);
+            conn = open(addr);
         }
         let Some(c) = conn.as_mut() else {
             log.push((
                 message_id(session, seq),
-                Outcome::NotAccepted("no connection".into()),
+                LoadOutcome::NotAccepted("no connection".into()),
             ));
             continue;
         };
         let (outcome, go_on) = c.send(&message(session, seq));
-        if outcome == Outcome::Acked {
+        if matches!(outcome, LoadOutcome::Acked(_)) {
             acked.fetch_add(1, Ordering::SeqCst);
         }
         log.push((message_id(session, seq), outcome));
@@ -234,12 +160,12 @@ fn kill9_during_delivery_loses_nothing_and_duplicates_only_in_flight() {
     for t in threads {
         t.join().expect("a load client panicked");
     }
-    let outcomes: HashMap<String, Outcome> = std::mem::take(&mut *logs.lock().unwrap())
+    let outcomes: HashMap<String, LoadOutcome> = std::mem::take(&mut *logs.lock().unwrap())
         .into_iter()
         .collect();
     let acked_ids: Vec<&String> = outcomes
         .iter()
-        .filter(|(_, o)| **o == Outcome::Acked)
+        .filter(|(_, o)| matches!(o, LoadOutcome::Acked(_)))
         .map(|(id, _)| id)
         .collect();
     fake.wait_for("every acknowledged message", Duration::from_secs(60), |m| {
@@ -257,16 +183,16 @@ fn kill9_during_delivery_loses_nothing_and_duplicates_only_in_flight() {
     }
     let unknown = outcomes
         .values()
-        .filter(|o| matches!(o, Outcome::Unknown(_)))
+        .filter(|o| matches!(o, LoadOutcome::InFlight(_)))
         .count();
     let refused = outcomes
         .values()
-        .filter(|o| matches!(o, Outcome::NotAccepted(_)))
+        .filter(|o| matches!(o, LoadOutcome::NotAccepted(_)))
         .count();
     for (id, n) in &counts {
         match outcomes.get(id) {
-            Some(Outcome::Acked | Outcome::Unknown(_)) => {}
-            Some(Outcome::NotAccepted(why)) => {
+            Some(LoadOutcome::Acked(_) | LoadOutcome::InFlight(_)) => {}
+            Some(LoadOutcome::NotAccepted(why)) => {
                 panic!("{id} was refused ({why}) but delivered {n}x")
             }
             None => panic!("{id} delivered but never sent"),

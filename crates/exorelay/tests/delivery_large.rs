@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, Relay, TestPki};
-use upstream::FakeUpstream;
+use common::{Client, Relay};
+use upstream::{FakeUpstream, TlsDelivery};
 
 const MIB: u64 = 1024 * 1024;
 const LARGE: usize = 35 * 1024 * 1024;
@@ -87,23 +87,19 @@ impl RssSampler {
 #[test]
 fn a_35_mib_message_is_relayed_with_bounded_memory() {
     let started = Instant::now();
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let pki = TestPki::new(dir.path(), "test");
-    let (server_cert, server_key) = pki.leaf("mx", &["mx.test"]);
-    let (cert, key) = pki.leaf("relay-client", &["relay.contoso.com"]);
-    let fake = FakeUpstream::builder()
-        .tls(&server_cert, &server_key)
-        .require_client_cert(&pki.ca_file)
+    let tls = TlsDelivery::new();
+    let fake = tls
+        .fake()
+        .require_client_cert(&tls.pki.ca_file)
         .record_limit(64 * 1024)
         .start();
-    let config = upstream::relay_config(
+    let relay = tls.relay(
         &common::BASE_CONFIG.replace(
             "max_message_size = \"1MiB\"",
             "max_message_size = \"40MiB\"",
         ),
-        &upstream::tls_upstream("exo", fake.port(), &pki.ca_file, &cert, &key, ""),
+        &tls.upstream("exo", fake.port(), ""),
     );
-    let relay = Relay::start_in(dir, &config);
     let pid = relay.pid().unwrap();
 
     // Warm up: one small message end to end, so the baseline includes the delivery path.

@@ -7,28 +7,17 @@
 mod common;
 mod upstream;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{Client, Relay, TestPki};
-use spool::RecipientState;
-use upstream::FakeUpstream;
+use common::Client;
+use upstream::{FakeUpstream, TlsDelivery};
 
 #[test]
 fn missing_starttls_defers_and_sends_nothing_in_plaintext() {
     let started = Instant::now();
-    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let pki = TestPki::new(dir.path(), "test");
-    let (cert, key) = pki.leaf("relay-client", &["relay.contoso.com"]);
+    let tls = TlsDelivery::new();
     let fake = FakeUpstream::builder().starttls(false).start();
-    let upstream = format!(
-        "[[upstream]]\nname = \"exo\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"required\"\n\
-         server_name = \"mx.test\"\nca_file = \"{ca}\"\nclient_cert = \"{cert}\"\nclient_key = \"{key}\"\n",
-        port = fake.port(),
-        ca = pki.ca_file.display(),
-        cert = cert.display(),
-        key = key.display(),
-    );
-    let relay = Relay::start_in(dir, &upstream::relay_config(common::BASE_CONFIG, &upstream));
+    let relay = tls.relay(common::BASE_CONFIG, &tls.upstream("exo", fake.port(), ""));
 
     let body = b"Subject: secret\r\nMessage-ID: <nostarttls@test>\r\n\r\nTOP-SECRET-BODY-LINE\r\n";
     let mut c = Client::session(relay.addr);
@@ -37,21 +26,12 @@ fn missing_starttls_defers_and_sends_nothing_in_plaintext() {
     let id = common::queue_id_of(&reply);
 
     // At least two attempts (the first and one retry after 1 s), each refused before MAIL.
-    common::wait_until_for("two connection attempts", Duration::from_secs(30), || {
-        fake.connections().iter().filter(|r| r.closed).count() >= 2
-    });
-    let queued = relay.queued();
-    assert_eq!(queued.len(), 1, "the message stays queued");
-    let envelope = &queued[0].0;
+    let (envelope, last) = upstream::assert_deferred_unsent(&relay, &fake, 2);
     assert_eq!(envelope.id.to_string(), id);
-    let recipient = &envelope.recipients[0];
-    let last = recipient.last_reply.clone().unwrap_or_default();
-    assert_eq!(recipient.state, RecipientState::Deferred, "{envelope:?}");
     assert!(
         last.contains(" 4.7.") && last.contains("STARTTLS"),
         "last reply: {last}"
     );
-    assert_eq!(fake.message_count(), 0);
 
     for (n, record) in fake.connections().iter().enumerate() {
         let lines = record.plaintext_lines();

@@ -11,13 +11,13 @@
 mod common;
 mod upstream;
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{PrivatePostfix, Relay, TestPki};
 use spool::RecipientState;
+use upstream::TlsDelivery;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -40,16 +40,9 @@ fn maildir(postfix: &PrivatePostfix) -> Vec<String> {
 /// Sends one message to the relay with swaks, returning swaks' transcript.
 fn swaks(relay: &Relay, from: &str, to: &str, message_id: &str, subject: &str) -> String {
     let file = relay.dir.path().join(format!("{subject}.eml"));
-    let mut data = common::small_message(from, to, message_id, subject);
-    data.extend_from_slice(b".\r\n");
-    std::fs::write(&file, data).unwrap();
-    let output = Command::new("swaks")
-        .args(["--server", &relay.addr.ip().to_string()])
-        .args(["--port", &relay.addr.port().to_string()])
-        .args(["--helo", "app.test", "--from", from, "--to", to])
-        .arg("--data")
-        .arg(format!("@{}", file.display()))
-        .args(["--timeout", "30"])
+    let data = common::small_message(from, to, message_id, subject);
+    let server = relay.addr.to_string();
+    let output = common::swaks(&server, "app.test", from, &[to], &data, &file)
         .output()
         .unwrap();
     let transcript = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -61,23 +54,15 @@ fn swaks(relay: &Relay, from: &str, to: &str, message_id: &str, subject: &str) -
     transcript
 }
 
-fn relay_config(postfix: &PrivatePostfix, ca: &Path, cert: &Path, key: &Path) -> String {
-    upstream::relay_config(
-        common::BASE_CONFIG,
-        &upstream::tls_upstream("postfix", postfix.port(), ca, cert, key, ""),
-    )
-}
-
 #[test]
 fn swaks_to_exorelay_to_postfix_requiring_a_client_certificate() {
     if !common::have_postfix() || !common::have_tool("swaks") {
         return;
     }
     let started = Instant::now();
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let pki = TestPki::new(dir.path(), "test");
-    let (mx_cert, mx_key) = pki.leaf("mx", &["mx.test"]);
-    let (cert, key) = pki.leaf("relay-client", &["relay.contoso.com"]);
+    let tls = TlsDelivery::new();
+    let pki = &tls.pki;
+    let (mx_cert, mx_key) = &tls.server;
     // Postfix 3.7 names the client certificate's subject (`subject_CN=…`) in its log from
     // `smtpd_tls_loglevel = 2` on; level 1 logs only "Trusted TLS connection established".
     let main_cf = format!(
@@ -117,14 +102,11 @@ fn swaks_to_exorelay_to_postfix_requiring_a_client_certificate() {
         started.elapsed()
     );
 
-    let relay = Relay::start_in(
-        dir.clone(),
-        &relay_config(&postfix, &pki.ca_file, &cert, &key),
+    let relay = tls.relay(
+        common::BASE_CONFIG,
+        &tls.upstream("postfix", postfix.port(), ""),
     );
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = common::run_id();
     let good_id = format!("<e2e-good-{nanos}@app.test>");
     swaks(
         &relay,
@@ -175,7 +157,17 @@ fn swaks_to_exorelay_to_postfix_requiring_a_client_certificate() {
     let (rogue_cert, rogue_key) = rogue.leaf("rogue-client", &["relay.contoso.com"]);
     let rogue_relay = Relay::start_in(
         rogue_dir,
-        &relay_config(&postfix, &pki.ca_file, &rogue_cert, &rogue_key),
+        &upstream::relay_config(
+            common::BASE_CONFIG,
+            &upstream::tls_upstream(
+                "postfix",
+                postfix.port(),
+                &pki.ca_file,
+                &rogue_cert,
+                &rogue_key,
+                "",
+            ),
+        ),
     );
     let bad_id = format!("<e2e-rogue-{nanos}@app.test>");
     let transcript = swaks(

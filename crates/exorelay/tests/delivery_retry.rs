@@ -21,11 +21,37 @@ use upstream::FakeUpstream;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
+/// The sender of every test message.
+const FROM: &str = "app@contoso.com";
+
 fn relay_for(fake_port: u16) -> Relay {
     Relay::start_with(&upstream::relay_config(
         common::BASE_CONFIG,
         &upstream::plain_upstream("exo", fake_port, ""),
     ))
+}
+
+/// A fake upstream answering each RCPT with `rcpt_reply`, and a relay delivering to it.
+fn upstream_and_relay(
+    rcpt_reply: impl Fn(&str) -> String + Send + Sync + 'static,
+) -> (FakeUpstream, Relay) {
+    let fake = FakeUpstream::builder().rcpt_reply(rcpt_reply).start();
+    let relay = relay_for(fake.port());
+    (fake, relay)
+}
+
+/// Sends a small message (its `To:` header naming the first recipient) from `from` to `to`
+/// over `c`; returns the queue id.
+fn send(c: &mut Client, from: &str, to: &[&str], message_id: &str, subject: &str) -> String {
+    let data = common::small_message(from, to[0], message_id, subject);
+    common::queue_id_of(&c.mail(from, to, &data))
+}
+
+/// Waits until the relay's spool holds no message, queued or held.
+fn wait_for_empty_spool(relay: &Relay) {
+    common::wait_until("the spool to empty", || {
+        common::spool_entries(&relay.spool).is_empty()
+    });
 }
 
 /// The state and last reply of recipient `address` of every spooled message.
@@ -43,14 +69,9 @@ fn upstream_down_for_a_while_then_delivered_on_retry() {
     let started = Instant::now();
     let mut fake = FakeUpstream::builder().start();
     let relay = relay_for(fake.port());
-    let from = "app@contoso.com";
     let to = "someone@example.net";
     let mut c = Client::session(relay.addr);
-    c.mail(
-        from,
-        &[to],
-        &common::small_message(from, to, "<before@test>", "before"),
-    );
+    send(&mut c, FROM, &[to], "<before@test>", "before");
     fake.wait_for("the first message", LIMIT, |m| m.len() == 1);
 
     // Down: the listener is closed and the open (idle, reusable) connection cut.
@@ -58,11 +79,7 @@ fn upstream_down_for_a_while_then_delivered_on_retry() {
     let down = Instant::now();
     let ids: Vec<String> = (0..3).map(|n| format!("<while-down-{n}@test>")).collect();
     for id in &ids {
-        c.mail(
-            from,
-            &[to],
-            &common::small_message(from, to, id, "while down"),
-        );
+        send(&mut c, FROM, &[to], id, "while down");
     }
     c.expect("QUIT", "221");
     common::wait_until_for("every message deferred twice", LIMIT, || {
@@ -97,9 +114,7 @@ fn upstream_down_for_a_while_then_delivered_on_retry() {
     println!("upstream down for {:?}", up - down);
     fake.wait_for("the deferred messages", LIMIT, |m| m.len() == 4);
     let after = up.elapsed();
-    common::wait_until("the spool to empty", || {
-        common::spool_entries(&relay.spool).is_empty()
-    });
+    wait_for_empty_spool(&relay);
     let mut got: Vec<String> = fake.messages()[1..]
         .iter()
         .map(|m| m.message_id().unwrap())
@@ -121,20 +136,16 @@ fn rcpt_4xx_defers_that_recipient_and_retries_it() {
     let started = Instant::now();
     let busy_calls = Arc::new(AtomicUsize::new(0));
     let calls = busy_calls.clone();
-    let fake = FakeUpstream::builder()
-        .rcpt_reply(move |rcpt| {
-            if rcpt == "busy@example.net" && calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                "451 4.2.1 <busy@example.net>: mailbox busy, try later".into()
-            } else {
-                "250 2.1.5 Ok".into()
-            }
-        })
-        .start();
-    let relay = relay_for(fake.port());
-    let from = "app@contoso.com";
+    let (fake, relay) = upstream_and_relay(move |rcpt| {
+        if rcpt == "busy@example.net" && calls.fetch_add(1, Ordering::SeqCst) < 2 {
+            "451 4.2.1 <busy@example.net>: mailbox busy, try later".into()
+        } else {
+            "250 2.1.5 Ok".into()
+        }
+    });
     let mut c = Client::session(relay.addr);
-    let data = common::small_message(from, "ok@example.net", "<busy@test>", "4xx");
-    c.mail(from, &["ok@example.net", "busy@example.net"], &data);
+    let to = ["ok@example.net", "busy@example.net"];
+    send(&mut c, FROM, &to, "<busy@test>", "4xx");
     c.expect("QUIT", "221");
 
     fake.wait_for("the first attempt", LIMIT, |m| !m.is_empty());
@@ -152,9 +163,7 @@ fn rcpt_4xx_defers_that_recipient_and_retries_it() {
     );
 
     fake.wait_for("the retry that succeeds", LIMIT, |m| m.len() == 2);
-    common::wait_until("the spool to empty", || {
-        common::spool_entries(&relay.spool).is_empty()
-    });
+    wait_for_empty_spool(&relay);
     let messages = fake.messages();
     assert_eq!(messages[0].rcpts, vec!["ok@example.net".to_string()]);
     assert_eq!(
@@ -203,21 +212,17 @@ fn field<'a>(block: &'a str, name: &str) -> Option<&'a str> {
 #[test]
 fn rcpt_5xx_fails_with_a_dsn_to_the_sender_and_none_for_null_sender() {
     let started = Instant::now();
-    let fake = FakeUpstream::builder()
-        .rcpt_reply(|rcpt| {
-            if rcpt.starts_with("nouser@") {
-                format!("550 5.1.1 <{rcpt}>: Recipient address rejected: no such user")
-            } else {
-                "250 2.1.5 Ok".into()
-            }
-        })
-        .start();
-    let relay = relay_for(fake.port());
-    let from = "app@contoso.com";
+    let (fake, relay) = upstream_and_relay(|rcpt| {
+        if rcpt.starts_with("nouser@") {
+            format!("550 5.1.1 <{rcpt}>: Recipient address rejected: no such user")
+        } else {
+            "250 2.1.5 Ok".into()
+        }
+    });
+    let from = FROM;
     let mut c = Client::session(relay.addr);
-    let data = common::small_message(from, "nouser@example.net", "<fails@test>", "will fail");
-    let reply = c.mail(from, &["nouser@example.net", "ok@example.net"], &data);
-    let original_id = common::queue_id_of(&reply);
+    let to = ["nouser@example.net", "ok@example.net"];
+    let original_id = send(&mut c, from, &to, "<fails@test>", "will fail");
 
     fake.wait_for("the original (ok@) and the DSN", LIMIT, |m| m.len() >= 2);
     let messages = fake.messages();
@@ -310,10 +315,14 @@ fn rcpt_5xx_fails_with_a_dsn_to_the_sender_and_none_for_null_sender() {
     );
 
     // A bounce that fails is never bounced.
-    let data = common::small_message("", "nouser@example.net", "<null-fails@test>", "null");
-    let reply = c.mail("", &["nouser@example.net"], &data);
+    let null_id = send(
+        &mut c,
+        "",
+        &["nouser@example.net"],
+        "<null-fails@test>",
+        "null",
+    );
     c.expect("QUIT", "221");
-    let null_id = common::queue_id_of(&reply);
     common::wait_until_for("the <> message to fail", LIMIT, || {
         relay
             .log()
@@ -334,9 +343,7 @@ fn rcpt_5xx_fails_with_a_dsn_to_the_sender_and_none_for_null_sender() {
         "{}",
         relay.log()
     );
-    common::wait_until("the spool to empty", || {
-        common::spool_entries(&relay.spool).is_empty()
-    });
+    wait_for_empty_spool(&relay);
     println!(
         "5xx: 1 DSN delivered to <{from}>; <> failure: no DSN; whole test {:?}",
         started.elapsed()

@@ -7,28 +7,20 @@
 mod common;
 mod upstream;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{Client, Relay, TestPki};
-use spool::RecipientState;
-use upstream::FakeUpstream;
+use common::Client;
+use upstream::TlsDelivery;
 
 #[test]
 fn bytes_behind_the_starttls_220_abort_and_defer() {
     let started = Instant::now();
-    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let pki = TestPki::new(dir.path(), "test");
-    let (server_cert, server_key) = pki.leaf("mx", &["mx.test"]);
-    let (cert, key) = pki.leaf("relay-client", &["relay.contoso.com"]);
-    let fake = FakeUpstream::builder()
-        .tls(&server_cert, &server_key)
+    let tls = TlsDelivery::new();
+    let fake = tls
+        .fake()
         .starttls_injection(b"250-upstream.test\r\n250 AUTH PLAIN\r\n")
         .start();
-    let upstreams = upstream::tls_upstream("exo", fake.port(), &pki.ca_file, &cert, &key, "");
-    let relay = Relay::start_in(
-        dir,
-        &upstream::relay_config(common::BASE_CONFIG, &upstreams),
-    );
+    let relay = tls.relay(common::BASE_CONFIG, &tls.upstream("exo", fake.port(), ""));
 
     let to = "someone@example.net";
     let data = common::small_message("app@contoso.com", to, "<inject@test>", "injection");
@@ -36,20 +28,11 @@ fn bytes_behind_the_starttls_220_abort_and_defer() {
     c.mail("app@contoso.com", &[to], &data);
     c.expect("QUIT", "221");
 
-    common::wait_until_for("two attempts", Duration::from_secs(30), || {
-        fake.connections().iter().filter(|r| r.closed).count() >= 2
-    });
-    let queued = relay.queued();
-    assert_eq!(queued.len(), 1, "the message stays queued");
-    let recipient = &queued[0].0.recipients[0];
-    let last = recipient.last_reply.clone().unwrap_or_default();
-    println!("deferred with {last:?}");
-    assert_eq!(recipient.state, RecipientState::Deferred);
+    let (_, last) = upstream::assert_deferred_unsent(&relay, &fake, 2);
     assert!(
         last.contains(" 4.7.") && last.contains("injection"),
         "{last}"
     );
-    assert_eq!(fake.message_count(), 0);
     for (n, record) in fake.connections().iter().enumerate() {
         let lines = record.plaintext_lines();
         println!(

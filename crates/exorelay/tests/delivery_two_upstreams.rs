@@ -9,23 +9,16 @@ mod upstream;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, Relay, TestPki};
-use upstream::FakeUpstream;
+use common::Client;
+use upstream::TlsDelivery;
 
 #[test]
 fn each_sender_domain_reaches_its_upstream_with_its_certificate() {
     let started = Instant::now();
-    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let pki = TestPki::new(dir.path(), "test");
-    let (server_cert, server_key) = pki.leaf("mx", &["mx.test"]);
-    let (contoso_cert, contoso_key) = pki.leaf("contoso", &["relay.contoso.com"]);
-    let (fabrikam_cert, fabrikam_key) = pki.leaf("fabrikam", &["relay.fabrikam.com"]);
-    let start_fake = || {
-        FakeUpstream::builder()
-            .tls(&server_cert, &server_key)
-            .require_client_cert(&pki.ca_file)
-            .start()
-    };
+    let tls = TlsDelivery::new();
+    let (contoso_cert, contoso_key) = tls.pki.leaf("contoso", &["relay.contoso.com"]);
+    let (fabrikam_cert, fabrikam_key) = tls.pki.leaf("fabrikam", &["relay.fabrikam.com"]);
+    let start_fake = || tls.fake().require_client_cert(&tls.pki.ca_file).start();
     let contoso = start_fake();
     let fabrikam = start_fake();
     let upstreams = format!(
@@ -33,7 +26,7 @@ fn each_sender_domain_reaches_its_upstream_with_its_certificate() {
         upstream::tls_upstream(
             "contoso",
             contoso.port(),
-            &pki.ca_file,
+            &tls.pki.ca_file,
             &contoso_cert,
             &contoso_key,
             "sender_domains = [\"contoso.com\"]",
@@ -41,16 +34,13 @@ fn each_sender_domain_reaches_its_upstream_with_its_certificate() {
         upstream::tls_upstream(
             "fabrikam",
             fabrikam.port(),
-            &pki.ca_file,
+            &tls.pki.ca_file,
             &fabrikam_cert,
             &fabrikam_key,
             "sender_domains = [\"fabrikam.com\"]",
         ),
     );
-    let relay = Relay::start_in(
-        dir,
-        &upstream::relay_config(common::BASE_CONFIG, &upstreams),
-    );
+    let relay = tls.relay(common::BASE_CONFIG, &upstreams);
 
     let mut c = Client::session(relay.addr);
     for n in 0..3 {

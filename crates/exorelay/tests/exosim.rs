@@ -7,14 +7,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::ffi::OsString;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::Instant;
 
-use common::{TestPki, WAIT};
+use common::{Exosim, TestPki, WAIT};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -56,81 +56,25 @@ impl Pki {
     }
 }
 
-/// A running `exorelay exosim`, killed when dropped.
-struct Sim {
-    child: Child,
-    addr: SocketAddr,
+/// Starts `exorelay exosim` with the rule set `ruleset`, the tenants of `tests/data/TENANTS`,
+/// the simulator's server certificate, the test CA for client certificates, and `--source-ip`
+/// when given; it stores accepted mail below `store`.
+fn start_sim(
+    pki: &Pki,
+    tenants: &str,
+    ruleset: &str,
+    source_ip: Option<&str>,
     store: PathBuf,
-    log: Arc<std::sync::Mutex<String>>,
-}
-
-impl Sim {
-    fn start(
-        pki: &Pki,
-        tenants: &str,
-        ruleset: &str,
-        source_ip: Option<&str>,
-        store: PathBuf,
-    ) -> Sim {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_exorelay"));
-        command
-            .arg("exosim")
-            .arg("--tenants")
-            .arg(data(tenants))
-            .args(["--listen", "127.0.0.1:0", "--ruleset", ruleset])
-            .arg("--cert")
-            .arg(&pki.server.0)
-            .arg("--key")
-            .arg(&pki.server.1)
-            .arg("--client-ca")
-            .arg(&pki.ca)
-            .arg("--store")
-            .arg(&store);
-        if let Some(ip) = source_ip {
-            command.args(["--source-ip", ip]);
-        }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = log.clone();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("exosim listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(WAIT) else {
-            let _ = child.kill();
-            panic!("exosim did not start:\n{}", log.lock().unwrap());
-        };
-        Sim {
-            child,
-            addr: addr.parse().unwrap(),
-            store,
-            log,
-        }
+) -> Exosim {
+    let mut args: Vec<OsString> = vec!["--tenants".into(), data(tenants).into()];
+    args.extend(["--ruleset".into(), ruleset.into()]);
+    args.extend(["--cert".into(), pki.server.0.clone().into()]);
+    args.extend(["--key".into(), pki.server.1.clone().into()]);
+    args.extend(["--client-ca".into(), pki.ca.clone().into()]);
+    if let Some(ip) = source_ip {
+        args.extend(["--source-ip".into(), ip.into()]);
     }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- exosim log ----\n{}", self.log.lock().unwrap());
-        }
-    }
+    Exosim::start(store, args)
 }
 
 /// Something to speak SMTP over: plain TCP or rustls.
@@ -410,7 +354,7 @@ fn run_ruleset(ruleset: &str) {
     let pki = Pki::new();
     for (i, s) in scenarios(&pki).iter().enumerate() {
         let store = pki.dir.path().join(format!("store-{ruleset}-{i}"));
-        let sim = Sim::start(&pki, s.tenants, ruleset, s.source_ip, store);
+        let sim = start_sim(&pki, s.tenants, ruleset, s.source_ip, store);
         let answers = send(sim.addr, &pki.ca, &s.flow);
         let expected = if ruleset == "before" {
             s.before
@@ -472,7 +416,7 @@ fn seed_scenarios_after_november_2023() {
 fn before_rules_refuse_at_end_of_data_when_header_from_fails() {
     let pki = Pki::new();
     let store = pki.dir.path().join("store");
-    let sim = Sim::start(&pki, "seeds.toml", "before", Some("203.0.113.5"), store);
+    let sim = start_sim(&pki, "seeds.toml", "before", Some("203.0.113.5"), store);
     let answers = send(
         sim.addr,
         &pki.ca,

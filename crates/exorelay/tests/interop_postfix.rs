@@ -7,197 +7,37 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
-use common::{Relay, TestPki};
+use common::{Expected, PrivatePostfix, Relay};
 
 /// Postfix's host name: its EHLO to the relay and its `Received:` header.
 const POSTFIX_HOSTNAME: &str = "postfix.test";
 
-/// The service table: an smtpd on `{SMTPD}` plus the services a relaying Postfix uses. Nothing
-/// is chrooted, so the instance needs no files outside its directory.
-const MASTER_CF: &str = "\
-{SMTPD} inet n - n - - smtpd
-pickup    unix  n - n 60    1 pickup
-cleanup   unix  n - n -     0 cleanup
-qmgr      unix  n - n 300   1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n -     - trivial-rewrite
-bounce    unix  - - n -     0 bounce
-defer     unix  - - n -     0 bounce
-trace     unix  - - n -     0 bounce
-verify    unix  - - n -     1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -     - proxymap
-proxywrite unix - - n -     1 proxymap
-smtp      unix  - - n -     - smtp
-relay     unix  - - n -     - smtp
-showq     unix  n - n -     - showq
-error     unix  - - n -     - error
-retry     unix  - - n -     - error
-discard   unix  - - n -     - discard
-local     unix  - n n -     - local
-virtual   unix  - n n -     - virtual
-lmtp      unix  - - n -     - lmtp
-anvil     unix  - - n -     1 anvil
-scache    unix  - - n -     1 scache
-postlog   unix-dgram n - n - 1 postlogd
-";
-
-/// A private Postfix instance, stopped when dropped (its log is printed if the test failed).
-struct Postfix {
-    config_dir: PathBuf,
-    /// Where its smtpd listens.
-    smtpd: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Postfix {
-    /// Configures and starts an instance relaying everything to `relay`.
-    fn start(relay: &Relay) -> Postfix {
-        let dir = tempfile::tempdir().unwrap();
-        // Postfix's unprivileged processes must be able to reach their queue below this.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let root = dir.path();
-        let config_dir = root.join("etc");
-        let data_dir = root.join("data");
-        for d in [&config_dir, &root.join("queue"), &data_dir] {
-            std::fs::create_dir(d).unwrap();
-        }
-        run(Command::new("chown").arg("postfix").arg(&data_dir));
-        let log = root.join("maillog");
-        let smtpd = format!("127.0.0.1:{}", common::free_port());
-        let main_cf = format!(
-            "compatibility_level = 3.6\n\
-             queue_directory = {queue}\n\
-             data_directory = {data}\n\
-             maillog_file = {log}\n\
-             maillog_file_prefixes = {root}\n\
-             import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C\n\
-             inet_interfaces = 127.0.0.1\n\
-             inet_protocols = ipv4\n\
-             myhostname = {POSTFIX_HOSTNAME}\n\
-             mydestination =\n\
-             mynetworks = 127.0.0.0/8\n\
-             relayhost = [{relay_ip}]:{relay_port}\n\
-             alias_maps =\n\
-             alias_database =\n\
-             smtp_tls_security_level = may\n\
-             smtp_tls_loglevel = 1\n",
-            queue = root.join("queue").display(),
-            data = data_dir.display(),
-            log = log.display(),
-            root = root.display(),
-            relay_ip = relay.addr.ip(),
-            relay_port = relay.addr.port(),
-        );
-        std::fs::write(config_dir.join("main.cf"), main_cf).unwrap();
-        std::fs::write(
-            config_dir.join("master.cf"),
-            MASTER_CF.replace("{SMTPD}", &smtpd),
-        )
-        .unwrap();
-        let postfix = Postfix {
-            config_dir,
-            smtpd,
-            log,
-            _dir: dir,
-        };
-        let started = Instant::now();
-        postfix.command("check");
-        postfix.command("start");
-        let smtpd = postfix.smtpd.clone();
-        common::wait_until("Postfix's smtpd to listen", || {
-            std::net::TcpStream::connect(&smtpd).is_ok()
-        });
-        println!("postfix started on {smtpd} in {:?}", started.elapsed());
-        postfix
-    }
-
-    /// Runs `postfix -c DIR ARG`, asserting success.
-    fn command(&self, arg: &str) {
-        let output = Command::new("postfix")
-            .arg("-c")
-            .arg(&self.config_dir)
-            .arg(arg)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "postfix {arg} failed ({}): {}{}\n---- maillog ----\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-            self.log()
-        );
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn running(&self) -> bool {
-        Command::new("postfix")
-            .arg("-c")
-            .arg(&self.config_dir)
-            .arg("status")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- postfix maillog ----\n{}", self.log());
-        }
-        let _ = Command::new("postfix")
-            .arg("-c")
-            .arg(&self.config_dir)
-            .arg("stop")
-            .output();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.running() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if self.running() {
-            let _ = Command::new("postfix")
-                .arg("-c")
-                .arg(&self.config_dir)
-                .arg("abort")
-                .output();
-        }
-    }
-}
-
-fn run(command: &mut Command) -> Output {
-    let output = command.output().unwrap();
-    assert!(output.status.success(), "{command:?}: {output:?}");
-    output
+/// Starts a private Postfix instance relaying everything to `relay`, with STARTTLS when offered.
+fn start_postfix(relay: &Relay) -> PrivatePostfix {
+    let started = Instant::now();
+    let main_cf = format!(
+        "mydestination =\n\
+         relayhost = [{relay_ip}]:{relay_port}\n\
+         smtp_tls_security_level = may\n\
+         smtp_tls_loglevel = 1\n",
+        relay_ip = relay.addr.ip(),
+        relay_port = relay.addr.port(),
+    );
+    let postfix = PrivatePostfix::start(POSTFIX_HOSTNAME, &main_cf, |_| {});
+    println!(
+        "postfix started on {} in {:?}",
+        postfix.smtpd,
+        started.elapsed()
+    );
+    postfix
 }
 
 /// Hands `data` (CRLF, ending in CRLF) to Postfix's smtpd with swaks.
-fn submit(postfix: &Postfix, file: &Path, from: &str, to: &[&str], data: &[u8]) {
-    let mut with_end = data.to_vec();
-    with_end.extend_from_slice(b".\r\n");
-    std::fs::write(file, with_end).unwrap();
-    let output = Command::new("swaks")
-        .args([
-            "--server",
-            &postfix.smtpd,
-            "--helo",
-            "app.test",
-            "--from",
-            from,
-        ])
-        .args(["--to", &to.join(",")])
-        .arg("--data")
-        .arg(format!("@{}", file.display()))
-        .args(["--timeout", "30"])
+fn submit(postfix: &PrivatePostfix, file: &Path, from: &str, to: &[&str], data: &[u8]) {
+    let output = common::swaks(&postfix.smtpd, "app.test", from, to, data, file)
         .output()
         .unwrap();
     let transcript = String::from_utf8_lossy(&output.stdout);
@@ -255,20 +95,10 @@ fn postfix_relays_through_exorelay_intact() {
         return;
     }
     let started = Instant::now();
-    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let pki = TestPki::new(dir.path(), "test");
-    pki.leaf("relay", &["relay.test"]);
-    let config = common::BASE_CONFIG.replace(
-        "max_recipients = 5",
-        "max_recipients = 5\ntls = { cert = \"relay.pem\", key = \"relay.key\" }",
-    );
-    let relay = Relay::start_in(dir, &config);
-    let postfix = Postfix::start(&relay);
+    let (relay, _pki) = Relay::start_with_tls(&["relay.test"]);
+    let postfix = start_postfix(&relay);
 
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = common::run_id();
     let sent: Vec<(String, &str, Vec<&str>)> = vec![
         (
             format!("<postfix-1-{nanos}@app.test>"),
@@ -300,24 +130,17 @@ fn postfix_relays_through_exorelay_intact() {
     let queued = relay.queued();
     assert_eq!(queued.len(), sent.len(), "messages in exorelay's spool");
     for ((id, from, to), data) in sent.iter().zip(&data) {
-        let found = common::with_message_id(&queued, id);
-        assert_eq!(found.len(), 1, "{id} in the spool {} times", found.len());
-        let (envelope, content) = found[0];
-        assert_eq!(envelope.mail_from, *from);
-        let mut recipients: Vec<&str> = envelope
-            .recipients
-            .iter()
-            .map(|r| r.address.as_str())
-            .collect();
-        let mut expected = to.clone();
-        recipients.sort_unstable();
-        expected.sort_unstable();
-        assert_eq!(recipients, expected, "{id}: recipients");
-        assert_eq!(envelope.helo, POSTFIX_HOSTNAME);
-        assert!(
-            envelope.tls,
-            "{id}: Postfix (smtp_tls_security_level = may) should have used STARTTLS"
-        );
+        // Postfix (smtp_tls_security_level = may) must have used STARTTLS; it may reorder
+        // the recipients.
+        let (envelope, content) = Expected {
+            message_id: id,
+            from,
+            to,
+            in_order: false,
+            helo: POSTFIX_HOSTNAME,
+            tls: true,
+        }
+        .find_in(&queued);
         // Below our Received: comes Postfix's own, then the submitted message unchanged.
         let after_ours = common::after_relay_received(content, envelope, "relay.test");
         let (theirs, rest) = split_first_header(after_ours);
@@ -326,12 +149,7 @@ fn postfix_relays_through_exorelay_intact() {
                 && theirs.contains(&format!("by {POSTFIX_HOSTNAME} (Postfix)")),
             "{id}: expected Postfix's Received: header, got {theirs:?}"
         );
-        assert!(
-            rest == data.as_slice(),
-            "{id}: content changed on the way:\n--- submitted ---\n{}\n--- spooled ---\n{}",
-            String::from_utf8_lossy(data),
-            String::from_utf8_lossy(rest)
-        );
+        common::assert_same_bytes(&format!("{id}: Postfix"), data, rest);
         println!(
             "{id}: queued as {}, from <{from}> to {to:?}, tls={}, {} bytes intact below both Received: headers",
             envelope.id,

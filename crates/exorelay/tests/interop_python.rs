@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{Relay, TestPki};
+use common::{Expected, Relay};
 
 /// The client: argv is host, port, mode (`plain` or `starttls`), CA file, then one
 /// `FROM|TO,TO|OPTION,OPTION|FILE` job per message, all sent in one session.
@@ -45,12 +45,9 @@ struct Job {
     data: Vec<u8>,
 }
 
+/// A message id no other test run uses.
 fn unique_id(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("<smtplib-{tag}-{}-{nanos}@script.test>", std::process::id())
+    format!("<smtplib-{tag}-{}@script.test>", common::run_id())
 }
 
 /// A message as a script builds it: CRLF line ends, a dot line, an optional 8-bit body.
@@ -93,22 +90,10 @@ fn send_and_check(relay: &Relay, mode: &str, ca_file: &str, jobs: &[Job]) {
         ));
     }
     let started = Instant::now();
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(CLIENT)
-        .args(&args)
-        .output()
-        .expect("run python3");
-    let transcript = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "smtplib client failed ({}):\n{transcript}\n---- relay log ----\n{}",
-        output.status,
-        relay.log()
+    let transcript = common::run_client(
+        relay,
+        "smtplib client",
+        Command::new("python3").arg("-c").arg(CLIENT).args(&args),
     );
     println!(
         "smtplib {mode}: {} messages in {:?}\n{transcript}",
@@ -124,24 +109,15 @@ fn send_and_check(relay: &Relay, mode: &str, ca_file: &str, jobs: &[Job]) {
     let queued = relay.queued();
     assert_eq!(queued.len(), jobs.len(), "messages in the spool");
     for job in jobs {
-        let found = common::with_message_id(&queued, &job.message_id);
-        assert_eq!(
-            found.len(),
-            1,
-            "{} in the spool {} times",
-            job.message_id,
-            found.len()
-        );
-        let (envelope, content) = found[0];
-        assert_eq!(envelope.mail_from, job.from);
-        let recipients: Vec<&str> = envelope
-            .recipients
-            .iter()
-            .map(|r| r.address.as_str())
-            .collect();
-        assert_eq!(recipients, job.to);
-        assert_eq!(envelope.tls, mode == "starttls", "tls flag");
-        assert_eq!(envelope.helo, "client.test");
+        let (envelope, content) = Expected {
+            message_id: &job.message_id,
+            from: job.from,
+            to: &job.to,
+            in_order: true,
+            helo: "client.test",
+            tls: mode == "starttls",
+        }
+        .find_in(&queued);
         let body = if job.options.contains("BODY=8BITMIME") {
             Some("8BITMIME")
         } else {
@@ -149,12 +125,7 @@ fn send_and_check(relay: &Relay, mode: &str, ca_file: &str, jobs: &[Job]) {
         };
         assert_eq!(envelope.params.body.as_deref(), body, "BODY= parameter");
         let client_bytes = common::after_relay_received(content, envelope, "relay.test");
-        assert!(
-            client_bytes == job.data.as_slice(),
-            "spooled content differs from what smtplib sent:\n--- sent ---\n{}\n--- spooled ---\n{}",
-            String::from_utf8_lossy(&job.data),
-            String::from_utf8_lossy(client_bytes)
-        );
+        common::assert_same_bytes("smtplib", &job.data, client_bytes);
         println!(
             "{}: queued as {}, from <{}> to {:?}, tls={}, {} bytes byte-exact",
             job.message_id,
@@ -199,15 +170,8 @@ fn smtplib_starttls_verifies_the_relay_against_the_test_ca() {
     if !common::have_tool("python3") {
         return;
     }
-    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let pki = TestPki::new(dir.path(), "test");
     // The script connects to 127.0.0.1 and checks the name, as a script would by default.
-    pki.leaf("relay", &["relay.test", "127.0.0.1"]);
-    let config = common::BASE_CONFIG.replace(
-        "max_recipients = 5",
-        "max_recipients = 5\ntls = { cert = \"relay.pem\", key = \"relay.key\" }",
-    );
-    let relay = Relay::start_in(dir, &config);
+    let (relay, pki) = Relay::start_with_tls(&["relay.test", "127.0.0.1"]);
     let id = unique_id("tls");
     let jobs = [Job {
         from: "job@contoso.com",

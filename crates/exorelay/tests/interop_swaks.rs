@@ -7,19 +7,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use common::{Relay, TestPki};
+use common::{Expected, Relay};
 
 /// A message id no other test run uses.
 fn unique_id(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("<swaks-{tag}-{}-{nanos}@client.test>", std::process::id())
+    format!("<swaks-{tag}-{}@client.test>", common::run_id())
 }
 
 /// A complete message with CRLF line ends: headers, a line that needs dot-stuffing on the
@@ -47,43 +41,11 @@ fn message(message_id: &str, subject: &str) -> Vec<u8> {
 /// Runs swaks against the relay with `data` (sent as a `--data` file ending in the `.` line,
 /// so swaks adds nothing) and returns its transcript; panics unless swaks succeeded.
 fn swaks(relay: &Relay, from: &str, to: &[&str], data: &[u8], extra: &[&str]) -> String {
-    let file = relay.dir.path().join("swaks-data.eml");
-    let mut with_end = data.to_vec();
-    with_end.extend_from_slice(b".\r\n");
-    std::fs::write(&file, &with_end).unwrap();
-    run_swaks(relay, from, to, &file, extra)
-}
-
-fn run_swaks(relay: &Relay, from: &str, to: &[&str], file: &Path, extra: &[&str]) -> String {
     let started = Instant::now();
-    let output = Command::new("swaks")
-        .arg("--server")
-        .arg(relay.addr.to_string())
-        .args([
-            "--helo",
-            "client.test",
-            "--from",
-            from,
-            "--to",
-            &to.join(","),
-        ])
-        .arg("--data")
-        .arg(format!("@{}", file.display()))
-        .args(["--timeout", "30"])
-        .args(extra)
-        .output()
-        .expect("run swaks");
-    let transcript = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "swaks {extra:?} failed ({}):\n{transcript}\n---- relay log ----\n{}",
-        output.status,
-        relay.log()
-    );
+    let file = relay.dir.path().join("swaks-data.eml");
+    let server = relay.addr.to_string();
+    let mut command = common::swaks(&server, "client.test", from, to, data, &file);
+    let transcript = common::run_client(relay, &format!("swaks {extra:?}"), command.args(extra));
     assert!(
         // `<-` marks a reply read in plain text, `<~` one read over TLS.
         transcript.contains("<-  250 2.0.0") || transcript.contains("<~  250 2.0.0"),
@@ -104,32 +66,18 @@ fn assert_spooled(
     tls: bool,
 ) -> String {
     let queued = relay.queued();
-    let found = common::with_message_id(&queued, message_id);
-    assert_eq!(
-        found.len(),
-        1,
-        "{message_id} in the spool {} times (of {} messages)",
-        found.len(),
-        queued.len()
-    );
-    let (envelope, content) = found[0];
-    assert_eq!(envelope.mail_from, from);
-    let recipients: Vec<&str> = envelope
-        .recipients
-        .iter()
-        .map(|r| r.address.as_str())
-        .collect();
-    assert_eq!(recipients, to);
-    assert_eq!(envelope.tls, tls, "tls flag");
-    assert_eq!(envelope.helo, "client.test");
+    let (envelope, content) = Expected {
+        message_id,
+        from,
+        to,
+        in_order: true,
+        helo: "client.test",
+        tls,
+    }
+    .find_in(&queued);
     assert_eq!(envelope.client_ip, "127.0.0.1");
     let client_bytes = common::after_relay_received(content, envelope, "relay.test");
-    assert!(
-        client_bytes == data,
-        "spooled content differs from what swaks sent:\n--- sent ---\n{}\n--- spooled ---\n{}",
-        String::from_utf8_lossy(data),
-        String::from_utf8_lossy(client_bytes)
-    );
+    common::assert_same_bytes("swaks", data, client_bytes);
     assert_eq!(
         envelope.size,
         content.len() as u64,
@@ -177,14 +125,7 @@ fn swaks_starttls_message_is_spooled_with_the_tls_flag() {
     if !common::have_swaks_tls() {
         return;
     }
-    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let pki = TestPki::new(dir.path(), "test");
-    pki.leaf("relay", &["relay.test"]);
-    let config = common::BASE_CONFIG.replace(
-        "max_recipients = 5",
-        "max_recipients = 5\ntls = { cert = \"relay.pem\", key = \"relay.key\" }",
-    );
-    let relay = Relay::start_in(dir, &config);
+    let (relay, _pki) = Relay::start_with_tls(&["relay.test"]);
     let id = unique_id("tls");
     let data = message(&id, "over STARTTLS");
     let to = ["someone@example.net", "other@example.org"];

@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::ffi::OsString;
+use std::process::Command;
 
-use common::{Relay, WAIT, wait_until};
+use common::{Exosim, Relay, wait_until};
 
 const TENANTS: &str = r#"
 [tenant.contoso]
@@ -19,59 +18,23 @@ accepted_domains = ["contoso.com"]
 connectors = [{ name = "Office IP", type = "OnPremises", sender_ip_addresses = ["198.51.100.10"] }]
 "#;
 
-/// A running `exorelay exosim`, killed when dropped.
-struct Exosim {
-    child: Child,
-    port: u16,
-    store: std::path::PathBuf,
-}
-
-impl Drop for Exosim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// Starts `exorelay exosim` with [`TENANTS`], seeing every client as the relay's egress IP
+/// (`198.51.100.10`) and storing below `dir`.
 fn start_exosim(dir: &std::path::Path) -> Exosim {
     let tenants = dir.join("tenants.toml");
     std::fs::write(&tenants, TENANTS).unwrap();
-    let store = dir.join("exo-store");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_exorelay"))
-        .args([
-            "exosim",
-            "--listen",
-            "127.0.0.1:0",
-            "--source-ip",
-            "198.51.100.10",
-        ])
-        .arg("--tenants")
-        .arg(&tenants)
-        .arg("--store")
-        .arg(&store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("exosim listening on ").nth(1) {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    let addr: std::net::SocketAddr = rx
-        .recv_timeout(WAIT)
-        .expect("exosim started")
-        .parse()
-        .unwrap();
-    Exosim {
-        child,
-        port: addr.port(),
-        store,
-    }
+    let mut args = vec![OsString::from("--source-ip"), "198.51.100.10".into()];
+    args.extend([OsString::from("--tenants"), tenants.into()]);
+    Exosim::start(dir.join("exo-store"), args)
+}
+
+/// An exosim and a relay in front of it whose `[[client]]` rule ends with `client_extra`
+/// (the temporary directory, which must outlive both, comes first).
+fn relay_before_exosim(client_extra: &str) -> (tempfile::TempDir, Exosim, Relay) {
+    let dir = tempfile::tempdir().unwrap();
+    let exo = start_exosim(dir.path());
+    let relay = Relay::start_with(&relay_config(exo.addr.port(), client_extra));
+    (dir, exo, relay)
 }
 
 fn relay_config(exo_port: u16, client_extra: &str) -> String {
@@ -101,7 +64,13 @@ retry = ["1s"]
     )
 }
 
-fn send(relay: &Relay, from: &str, to: &str, message_id: &str) -> (String, String) {
+/// A sender whose domain no tenant accepts: EXO would refuse it by the egress IP alone.
+const FOREIGN: &str = "cron@app01.example.org";
+
+/// Sends a report from `from` to `ops@example.net`; returns the replies to RCPT and to the end
+/// of data (empty when RCPT was refused and the session quit there).
+fn send(relay: &Relay, from: &str, message_id: &str) -> (String, String) {
+    let to = "ops@example.net";
     let mut c = relay.client();
     c.greeting("220");
     c.expect("EHLO app01.lan", "250");
@@ -131,18 +100,8 @@ fn exo_messages(exo: &Exosim) -> Vec<String> {
 
 #[test]
 fn refuse_answers_at_rcpt_and_spools_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let exo = start_exosim(dir.path());
-    let relay = Relay::start_with(&relay_config(
-        exo.port,
-        "on_attribution_failure = \"refuse\"",
-    ));
-    let (rcpt, _) = send(
-        &relay,
-        "cron@app01.example.org",
-        "ops@example.net",
-        "<r1@test>",
-    );
+    let (_dir, exo, relay) = relay_before_exosim("on_attribution_failure = \"refuse\"");
+    let (rcpt, _) = send(&relay, FOREIGN, "<r1@test>");
     println!("refused at RCPT: {rcpt}");
     assert!(
         rcpt.starts_with("550-5.7.64") || rcpt.starts_with("550 5.7.64"),
@@ -155,7 +114,7 @@ fn refuse_answers_at_rcpt_and_spools_nothing() {
     );
     assert!(relay.queued().is_empty(), "nothing spooled");
     // A sender in an accepted domain passes and reaches EXO as Originating.
-    let (rcpt, data) = send(&relay, "cron@contoso.com", "ops@example.net", "<r2@test>");
+    let (rcpt, data) = send(&relay, "cron@contoso.com", "<r2@test>");
     assert!(
         rcpt.starts_with("250") && data.starts_with("250"),
         "{rcpt} / {data}"
@@ -166,18 +125,10 @@ fn refuse_answers_at_rcpt_and_spools_nothing() {
 
 #[test]
 fn fix_rewrites_the_envelope_sender_and_keeps_the_original() {
-    let dir = tempfile::tempdir().unwrap();
-    let exo = start_exosim(dir.path());
-    let relay = Relay::start_with(&relay_config(
-        exo.port,
+    let (_dir, exo, relay) = relay_before_exosim(
         "on_attribution_failure = \"fix\"\nenvelope_from = \"{local}@contoso.com\"",
-    ));
-    let (rcpt, data) = send(
-        &relay,
-        "cron@app01.example.org",
-        "ops@example.net",
-        "<f1@test>",
     );
+    let (rcpt, data) = send(&relay, FOREIGN, "<f1@test>");
     assert!(
         rcpt.starts_with("250") && data.starts_with("250"),
         "{rcpt} / {data}"
@@ -202,15 +153,8 @@ fn fix_rewrites_the_envelope_sender_and_keeps_the_original() {
 
 #[test]
 fn warn_delivers_as_sent_and_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let exo = start_exosim(dir.path());
-    let relay = Relay::start_with(&relay_config(exo.port, "on_attribution_failure = \"warn\""));
-    let (rcpt, data) = send(
-        &relay,
-        "cron@app01.example.org",
-        "ops@example.net",
-        "<w1@test>",
-    );
+    let (_dir, exo, relay) = relay_before_exosim("on_attribution_failure = \"warn\"");
+    let (rcpt, data) = send(&relay, FOREIGN, "<w1@test>");
     assert!(
         rcpt.starts_with("250") && data.starts_with("250"),
         "{rcpt} / {data}"

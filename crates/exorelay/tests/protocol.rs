@@ -8,11 +8,9 @@ mod common;
 
 use common::{Client, Relay};
 
+/// A session past EHLO.
 fn session(relay: &Relay) -> Client {
-    let mut c = relay.client();
-    c.greeting("220 ");
-    c.expect("EHLO client.test", "250");
-    c
+    Client::session(relay.addr)
 }
 
 #[test]
@@ -47,16 +45,12 @@ fn edge_cases_answer_per_rfc_and_keep_the_session_usable() {
     c.expect("RCPT TO:<r5@example.net>", "452 4.5.3");
     c.expect("RSET", "250");
     // 8-bit data without BODY=8BITMIME is refused after the end of data, session still usable.
-    c.expect("MAIL FROM:<a@contoso.com>", "250");
-    c.expect("RCPT TO:<b@example.net>", "250");
-    c.expect("DATA", "354");
+    c.begin_data("a@contoso.com", &["b@example.net"]);
     c.send("Subject: caf\u{e9}\r\n\r\nd\u{e9}j\u{e0} vu\r\n.\r\n".as_bytes());
     let reply = c.reply();
     assert!(reply.starts_with("554 5.6.0"), "{reply}");
     // The empty reverse path is accepted and the session still delivers.
-    c.expect("MAIL FROM:<>", "250");
-    c.expect("RCPT TO:<b@example.net>", "250");
-    c.expect("DATA", "354");
+    c.begin_data("", &["b@example.net"]);
     c.send(b"Subject: bounce\r\nMessage-ID: <edge@test>\r\n\r\nbody\r\n.\r\n");
     let reply = c.reply();
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
@@ -97,9 +91,7 @@ fn ehlo_advertises_the_extensions_and_no_auth_without_tls() {
 /// real end. Returns the reply to the end of data.
 fn smuggle(relay: &Relay, sequence: &[u8]) -> String {
     let mut c = session(relay);
-    c.expect("MAIL FROM:<a@contoso.com>", "250");
-    c.expect("RCPT TO:<b@example.net>", "250");
-    c.expect("DATA", "354");
+    c.begin_data("a@contoso.com", &["b@example.net"]);
     let mut body = b"Subject: first\r\n\r\nhello".to_vec();
     body.extend_from_slice(sequence);
     body.extend_from_slice(b"MAIL FROM:<admin@contoso.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nSubject: smuggled\r\n\r\nspoofed\r\n.\r\n");
@@ -147,14 +139,7 @@ fn smuggling_sequences_never_end_data_early() {
 
 #[test]
 fn commands_pipelined_behind_starttls_are_discarded() {
-    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let pki = common::TestPki::new(dir.path(), "test");
-    pki.leaf("relay", &["relay.test"]);
-    let config = common::BASE_CONFIG.replace(
-        "max_recipients = 5",
-        "max_recipients = 5\ntls = { cert = \"relay.pem\", key = \"relay.key\" }",
-    );
-    let relay = Relay::start_in(dir, &config);
+    let (relay, _pki) = Relay::start_with_tls(&["relay.test"]);
     let mut c = relay.client();
     c.greeting("220 ");
     let ehlo = c.expect("EHLO client.test", "250");
@@ -234,9 +219,7 @@ fn limits_and_abuse_get_their_replies() {
     assert!(reply.starts_with("550 5.5.2"), "{reply}");
     c.expect("NOOP", "250");
     // A mail loop: too many Received: headers.
-    c.expect("MAIL FROM:<a@contoso.com>", "250");
-    c.expect("RCPT TO:<b@example.net>", "250");
-    c.expect("DATA", "354");
+    c.begin_data("a@contoso.com", &["b@example.net"]);
     let hops = "Received: from a by b; Sat, 28 Nov 2026 06:00:00 +0000\r\n".repeat(60);
     c.send(format!("{hops}Subject: loop\r\n\r\nbody\r\n.\r\n").as_bytes());
     let reply = c.reply();

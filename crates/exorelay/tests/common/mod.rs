@@ -60,34 +60,30 @@ impl Relay {
         Relay::start_in(dir, config)
     }
 
+    /// Starts the relay with [`BASE_CONFIG`] plus STARTTLS, offering a certificate for `names`
+    /// (`relay.pem`/`relay.key`) from a new test CA (`test-ca.pem`), which is returned with it.
+    pub fn start_with_tls(names: &[&str]) -> (Relay, TestPki) {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let pki = TestPki::new(dir.path(), "test");
+        pki.leaf("relay", names);
+        let config = BASE_CONFIG.replace(
+            "max_recipients = 5",
+            "max_recipients = 5\ntls = { cert = \"relay.pem\", key = \"relay.key\" }",
+        );
+        (Relay::start_in(dir, &config), pki)
+    }
+
     /// Starts the relay in an existing directory (used to restart on the same spool).
     pub fn start_in(dir: Arc<tempfile::TempDir>, config: &str) -> Relay {
         let config_path = dir.path().join("relay.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_exorelay"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start exorelay");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let (mut child, log, rx) = spawn_exorelay(
+            Command::new(env!("CARGO_BIN_EXE_exorelay"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&config_path),
+            "listening on ",
+        );
         let wanted = config
             .lines()
             .find(|l| l.trim_start().starts_with("listen"))
@@ -171,6 +167,91 @@ impl Drop for Relay {
         self.kill9();
         if std::thread::panicking() {
             eprintln!("---- exorelay log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Spawns a daemon (`exorelay serve`, `exorelay exosim`) with no input, output discarded and
+/// its standard error collected into a shared log by a thread, which also sends what follows
+/// `marker` on each line containing it (trimmed: a listening address) to the returned channel.
+fn spawn_exorelay(
+    command: &mut Command,
+    marker: &'static str,
+) -> (Child, Arc<Mutex<String>>, mpsc::Receiver<String>) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start exorelay");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr piped");
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.split(marker).nth(1) {
+                let _ = tx.send(addr.trim().to_string());
+            }
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    (child, log, rx)
+}
+
+/// A running `exorelay exosim` (the simulated Exchange Online), killed when dropped; its log is
+/// printed if the test failed.
+pub struct Exosim {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its `--store` directory: one subdirectory per tenant with the accepted messages.
+    pub store: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Exosim {
+    /// Runs `exorelay exosim --listen 127.0.0.1:0 --store STORE ARGS…` and waits (at most
+    /// [`WAIT`]) for its `exosim listening on ADDR` line.
+    pub fn start<I>(store: PathBuf, args: I) -> Exosim
+    where
+        I: IntoIterator,
+        I::Item: AsRef<std::ffi::OsStr>,
+    {
+        let (mut child, log, rx) = spawn_exorelay(
+            Command::new(env!("CARGO_BIN_EXE_exorelay"))
+                .args(["exosim", "--listen", "127.0.0.1:0", "--store"])
+                .arg(&store)
+                .args(args),
+            "exosim listening on ",
+        );
+        let Ok(addr) = rx.recv_timeout(WAIT) else {
+            let _ = child.kill();
+            panic!("exosim did not start:\n{}", log.lock().unwrap());
+        };
+        Exosim {
+            child,
+            addr: addr.parse().unwrap(),
+            store,
+            log,
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Exosim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- exosim log ----\n{}", self.log());
         }
     }
 }
@@ -389,18 +470,22 @@ pub fn have_requirement(ok: bool, reason: &str) -> bool {
     ok
 }
 
+/// Whether `command` runs and exits successfully (its output discarded).
+fn succeeds(command: &mut Command) -> bool {
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Whether swaks can do STARTTLS: swaks itself plus perl's Net::SSLeay (a Debian
 /// *recommends* of swaks, so `--no-install-recommends` leaves it out: `libnet-ssleay-perl`).
 pub fn have_swaks_tls() -> bool {
     if !have_tool("swaks") {
         return false;
     }
-    let ssleay = Command::new("perl")
-        .args(["-MNet::SSLeay", "-e", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let ssleay = succeeds(Command::new("perl").args(["-MNet::SSLeay", "-e", "1"]));
     have_requirement(
         ssleay,
         "swaks --tls needs perl's Net::SSLeay (apt-get install libnet-ssleay-perl)",
@@ -420,12 +505,7 @@ pub fn have_postfix() -> bool {
     if !have_requirement(root, "a private Postfix instance must be started as root") {
         return false;
     }
-    let user = Command::new("id")
-        .arg("postfix")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let user = succeeds(Command::new("id").arg("postfix"));
     have_requirement(
         user,
         "the postfix user does not exist (install the postfix package)",
@@ -553,15 +633,21 @@ impl Client {
         c
     }
 
-    /// One transaction: MAIL, RCPTs, DATA with `data` (dot-stuffed here); each step must
-    /// succeed. Returns the reply to the end of data, which must be 250; the queue id is its
-    /// last word.
-    pub fn mail(&mut self, from: &str, to: &[&str], data: &[u8]) -> String {
+    /// MAIL FROM:<`from`>, RCPT TO:<…> for each of `to`, DATA: asserts the 250s and the 354,
+    /// so the message can be sent next.
+    pub fn begin_data(&mut self, from: &str, to: &[&str]) {
         self.expect(&format!("MAIL FROM:<{from}>"), "250");
         for rcpt in to {
             self.expect(&format!("RCPT TO:<{rcpt}>"), "250");
         }
         self.expect("DATA", "354");
+    }
+
+    /// One transaction: MAIL, RCPTs, DATA with `data` (dot-stuffed here); each step must
+    /// succeed. Returns the reply to the end of data, which must be 250; the queue id is its
+    /// last word.
+    pub fn mail(&mut self, from: &str, to: &[&str], data: &[u8]) -> String {
+        self.begin_data(from, to);
         self.send(&dot_stuffed(data));
         let reply = self.reply();
         assert!(reply.starts_with("250 "), "end of data: {reply}");
@@ -579,8 +665,8 @@ pub fn queue_id_of(reply: &str) -> String {
 }
 
 /// The service table of a private Postfix instance: an smtpd on `{SMTPD}` plus the services a
-/// receiving Postfix uses. Nothing is chrooted, so the instance needs no files outside its
-/// directory.
+/// receiving or relaying Postfix uses. Nothing is chrooted, so the instance needs no files
+/// outside its directory.
 pub const POSTFIX_MASTER_CF: &str = "\
 {SMTPD} inet n - n - - smtpd
 pickup    unix  n - n 60    1 pickup
@@ -627,6 +713,9 @@ impl PrivatePostfix {
     /// Configures and starts an instance whose `main.cf` is the basics (queue, data directory,
     /// log file, loopback IPv4, `myhostname`) followed by `extra_main_cf`, in which `{ROOT}`
     /// is replaced by the instance's directory. `prepare` runs on that directory before start.
+    /// The extra lines make it a receiver (e.g. `smtpd_tls_req_ccert = yes` and a Maildir, as
+    /// in `delivery_postfix`) or a sender (e.g. `relayhost = [IP]:PORT` with
+    /// `smtp_tls_security_level = may`, as in `interop_postfix`).
     pub fn start(
         myhostname: &str,
         extra_main_cf: &str,
@@ -750,6 +839,219 @@ impl Drop for PrivatePostfix {
                 .arg(&self.config_dir)
                 .arg("abort")
                 .output();
+        }
+    }
+}
+
+// ---- Interop tests: clients run as processes, and what they sent checked in the spool ----
+
+/// `PID-NANOS`: a tag no other test run uses, for Message-IDs and the like.
+pub fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// Runs an interop client (`what` names it in failures) to completion and returns its standard
+/// output followed by its standard error; fails the test, with `relay`'s log, unless the client
+/// exited successfully.
+pub fn run_client(relay: &Relay, what: &str, command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let transcript = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{transcript}\n---- relay log ----\n{}",
+        output.status,
+        relay.log()
+    );
+    transcript
+}
+
+/// A `swaks` command that sends `data` (CRLF lines; the `.` line is appended here, so swaks adds
+/// nothing) through `file` to `server` (`HOST:PORT`), saying `helo`, from `from` to `to`, with a
+/// 30 s timeout. The caller adds its own options and runs it.
+pub fn swaks(
+    server: &str,
+    helo: &str,
+    from: &str,
+    to: &[&str],
+    data: &[u8],
+    file: &Path,
+) -> Command {
+    let mut with_end = data.to_vec();
+    with_end.extend_from_slice(b".\r\n");
+    std::fs::write(file, with_end).unwrap();
+    let mut command = Command::new("swaks");
+    command
+        .args(["--server", server, "--helo", helo, "--from", from])
+        .args(["--to", &to.join(",")])
+        .arg("--data")
+        .arg(format!("@{}", file.display()))
+        .args(["--timeout", "30"]);
+    command
+}
+
+/// Asserts that `spooled` is byte for byte what the client (`who`) sent, showing both if not.
+pub fn assert_same_bytes(who: &str, sent: &[u8], spooled: &[u8]) {
+    assert!(
+        spooled == sent,
+        "spooled content differs from what {who} sent:\n--- sent ---\n{}\n--- spooled ---\n{}",
+        String::from_utf8_lossy(sent),
+        String::from_utf8_lossy(spooled)
+    );
+}
+
+/// The envelope a test expects in the spool for one message it had sent, found by Message-ID.
+pub struct Expected<'a> {
+    /// The `Message-ID` header's value, with angle brackets.
+    pub message_id: &'a str,
+    /// The reverse-path, without angle brackets.
+    pub from: &'a str,
+    /// The recipients.
+    pub to: &'a [&'a str],
+    /// Whether the spool must list the recipients in `to`'s order (an MTA in between may
+    /// reorder them).
+    pub in_order: bool,
+    /// The EHLO name the relay must have recorded.
+    pub helo: &'a str,
+    /// Whether the message must have come over TLS.
+    pub tls: bool,
+}
+
+impl Expected<'_> {
+    /// Asserts `queued` holds exactly one message with this Message-ID and that its envelope is
+    /// the one expected; returns that message's envelope and content.
+    pub fn find_in<'q>(
+        &self,
+        queued: &'q [(spool::Envelope, Vec<u8>)],
+    ) -> (&'q spool::Envelope, &'q [u8]) {
+        let id = self.message_id;
+        let found = with_message_id(queued, id);
+        assert_eq!(
+            found.len(),
+            1,
+            "{id} in the spool {} times (of {} messages)",
+            found.len(),
+            queued.len()
+        );
+        let (envelope, content) = found[0];
+        assert_eq!(envelope.mail_from, self.from, "{id}: sender");
+        let mut recipients: Vec<&str> = envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        let mut expected = self.to.to_vec();
+        if !self.in_order {
+            recipients.sort_unstable();
+            expected.sort_unstable();
+        }
+        assert_eq!(recipients, expected, "{id}: recipients");
+        assert_eq!(envelope.helo, self.helo, "{id}: helo");
+        assert_eq!(envelope.tls, self.tls, "{id}: tls flag");
+        (envelope, content)
+    }
+}
+
+// ---- Crash tests: load clients that survive the relay being killed under them ----
+
+/// What a load client knows about one message it tried to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadOutcome {
+    /// 250 to the end of data (the reply): the relay promised the message.
+    Acked(String),
+    /// Any other reply to the end of data, or a failure before the end of data was written:
+    /// the relay does not have the message.
+    NotAccepted(String),
+    /// The end of data was (or may have been) written, but no reply was read: the relay may or
+    /// may not have the message.
+    InFlight(String),
+}
+
+/// A bare SMTP client over a std socket that returns errors instead of panicking, so that a
+/// load session can go on (or give up) when the relay is killed under it.
+pub struct LoadClient {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl LoadClient {
+    /// Connects with `timeout` on every read and write; the greeting is left unread.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<LoadClient> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(LoadClient {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    /// Reads one (possibly multi-line) reply; returns its last line.
+    pub fn reply(&mut self) -> std::io::Result<String> {
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ));
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(line.trim_end().to_string());
+            }
+        }
+    }
+
+    /// Sends `line` and expects a reply starting with `code`.
+    pub fn command(&mut self, line: &str, code: &str) -> std::io::Result<()> {
+        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
+        let reply = self.reply()?;
+        if reply.starts_with(code) {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!("{line}: {reply}")))
+        }
+    }
+
+    /// Sends `data` (CRLF lines) from `load@contoso.com` to `sink@example.net` and classifies
+    /// the outcome; the flag says whether the session can go on.
+    pub fn send(&mut self, data: &[u8]) -> (LoadOutcome, bool) {
+        let before_end = (|| -> std::io::Result<()> {
+            self.command("MAIL FROM:<load@contoso.com>", "250")?;
+            self.command("RCPT TO:<sink@example.net>", "250")?;
+            self.command("DATA", "354")?;
+            let stuffed = dot_stuffed(data);
+            self.writer.write_all(&stuffed[..stuffed.len() - 3])
+        })();
+        if let Err(e) = before_end {
+            return (
+                LoadOutcome::NotAccepted(format!("before end of data: {e}")),
+                false,
+            );
+        }
+        // From here on the relay may have the whole message.
+        if let Err(e) = self.writer.write_all(b".\r\n") {
+            return (
+                LoadOutcome::InFlight(format!("writing end of data: {e}")),
+                false,
+            );
+        }
+        match self.reply() {
+            Ok(reply) if reply.starts_with("250") => (LoadOutcome::Acked(reply), true),
+            Ok(reply) => (LoadOutcome::NotAccepted(reply), false),
+            Err(e) => (
+                LoadOutcome::InFlight(format!("reading the reply: {e}")),
+                false,
+            ),
         }
     }
 }

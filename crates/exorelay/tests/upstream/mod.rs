@@ -12,12 +12,13 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::common::{Relay, TestPki};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -836,4 +837,82 @@ pub fn tls_upstream(
         cert = cert.display(),
         key = key.display(),
     )
+}
+
+/// The certificates of a delivery test over TLS, in a fresh directory the relay is then started
+/// in: a test CA (`pki`, `test-ca.pem`), the upstream's server certificate for `mx.test`
+/// (`server`: `mx.pem`, `mx.key`) and the relay's client certificate for `relay.contoso.com`
+/// (`client`: `relay-client.pem`, `relay-client.key`).
+pub struct TlsDelivery {
+    /// The directory, kept alive by the relay started in it.
+    pub dir: Arc<tempfile::TempDir>,
+    /// The test CA; more certificates can be issued from it.
+    pub pki: TestPki,
+    /// The upstream's server certificate and key.
+    pub server: (PathBuf, PathBuf),
+    /// The relay's client certificate and key.
+    pub client: (PathBuf, PathBuf),
+}
+
+impl TlsDelivery {
+    /// Creates the CA and both certificates.
+    pub fn new() -> TlsDelivery {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let pki = TestPki::new(dir.path(), "test");
+        let server = pki.leaf("mx", &["mx.test"]);
+        let client = pki.leaf("relay-client", &["relay.contoso.com"]);
+        TlsDelivery {
+            dir,
+            pki,
+            server,
+            client,
+        }
+    }
+
+    /// A fake upstream offering STARTTLS with the `mx.test` certificate.
+    pub fn fake(&self) -> Builder {
+        FakeUpstream::builder().tls(&self.server.0, &self.server.1)
+    }
+
+    /// A `tls = "required"` `[[upstream]]` block (see [`tls_upstream`]) for `port`, trusting the
+    /// test CA and presenting the relay's client certificate.
+    pub fn upstream(&self, name: &str, port: u16, extra: &str) -> String {
+        let (cert, key) = &self.client;
+        tls_upstream(name, port, &self.pki.ca_file, cert, key, extra)
+    }
+
+    /// Starts the relay in this directory with `base` (e.g.
+    /// [`BASE_CONFIG`](super::common::BASE_CONFIG)) and `upstreams`.
+    pub fn relay(&self, base: &str, upstreams: &str) -> Relay {
+        Relay::start_in(self.dir.clone(), &relay_config(base, upstreams))
+    }
+}
+
+/// Waits (at most 30 s) until `attempts` of the relay's connections to `fake` have ended (the
+/// first try and its retries), then asserts that the relay still holds exactly one message,
+/// its first recipient deferred, and that no message reached `fake`. Returns the envelope and
+/// that recipient's last reply, for the test to check the reason.
+pub fn assert_deferred_unsent(
+    relay: &Relay,
+    fake: &FakeUpstream,
+    attempts: usize,
+) -> (spool::Envelope, String) {
+    super::common::wait_until_for(
+        &format!("{attempts} connection attempts"),
+        Duration::from_secs(30),
+        || fake.connections().iter().filter(|r| r.closed).count() >= attempts,
+    );
+    let mut queued = relay.queued();
+    assert_eq!(queued.len(), 1, "the message stays queued");
+    let (envelope, _) = queued.remove(0);
+    let recipient = &envelope.recipients[0];
+    let last = recipient.last_reply.clone().unwrap_or_default();
+    println!("deferred with {last:?}");
+    assert_eq!(
+        recipient.state,
+        spool::RecipientState::Deferred,
+        "{envelope:?}"
+    );
+    assert_eq!(fake.message_count(), 0);
+    (envelope, last)
 }
