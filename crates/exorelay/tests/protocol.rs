@@ -227,3 +227,26 @@ fn limits_and_abuse_get_their_replies() {
     c.expect("QUIT", "221");
     assert!(relay.queued().is_empty());
 }
+
+#[test]
+fn listens_on_ipv4_and_ipv6() {
+    let config = common::BASE_CONFIG.replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\", \"[::1]:0\"]",
+    );
+    let relay = Relay::start_with(&config);
+    let v6 = relay.addrs.iter().find(|a| a.is_ipv6()).copied().unwrap();
+    let mut c = common::Client::connect(v6);
+    c.greeting("220");
+    c.expect("EHLO client6.test", "250");
+    c.expect("MAIL FROM:<a@contoso.com>", "250");
+    c.expect("RCPT TO:<b@example.net>", "250");
+    c.expect("DATA", "354");
+    c.send(b"Subject: over IPv6\r\n\r\nbody\r\n.\r\n");
+    let reply = c.reply();
+    assert!(reply.starts_with("250"), "{reply}");
+    c.expect("QUIT", "221");
+    let queued = relay.queued();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].0.client_ip, "::1");
+}

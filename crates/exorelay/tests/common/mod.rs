@@ -87,7 +87,7 @@ impl Relay {
         let wanted = config
             .lines()
             .find(|l| l.trim_start().starts_with("listen"))
-            .map_or(1, |l| l.matches(':').count().max(1));
+            .map_or(1, |l| (l.matches('"').count() / 2).max(1));
         let mut addrs = Vec::new();
         let deadline = Instant::now() + WAIT;
         while addrs.len() < wanted {
