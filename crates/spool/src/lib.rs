@@ -44,4 +44,4 @@ pub use error::Error;
 pub use id::QueueId;
 pub use reader::{ListedMessage, SpoolReader};
 pub use recover::RecoveryReport;
-pub use spool::{Spool, SpoolOptions};
+pub use spool::{DeferredRecovery, Spool, SpoolOptions};

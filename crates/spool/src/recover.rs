@@ -51,18 +51,45 @@ enum Place {
 }
 
 pub(crate) fn recover(disk: &Disk) -> Result<RecoveryReport, Error> {
+    let report = clear_tmp(disk)?;
+    scan_messages(disk, report, &|_| false)
+}
+
+/// The first half of recovery, which must finish before any new message is written: empties
+/// `tmp/`.
+pub(crate) fn clear_tmp(disk: &Disk) -> Result<RecoveryReport, Error> {
     let mut scan = Scan {
         disk,
         report: RecoveryReport::default(),
         changed: false,
     };
     scan.clear_tmp()?;
+    if scan.changed {
+        disk.sync_dir(&disk.layout.tmp)?;
+    }
+    Ok(scan.report)
+}
+
+/// The second half: settles `queue/` and `hold/`, adding to `report`. Ids for which `skip`
+/// is true — messages written by this process since the spool opened — are left alone, so
+/// the scan can run while new mail arrives.
+pub(crate) fn scan_messages(
+    disk: &Disk,
+    report: RecoveryReport,
+    skip: &dyn Fn(QueueId) -> bool,
+) -> Result<RecoveryReport, Error> {
+    let mut scan = Scan {
+        disk,
+        report,
+        changed: false,
+    };
     let queue = scan.list(Place::Queue)?;
     let hold = scan.list(Place::Hold)?;
 
     let mut ids: Vec<QueueId> = queue.keys().chain(hold.keys()).copied().collect();
     ids.sort_unstable();
     ids.dedup();
+    ids.retain(|id| !skip(*id));
     for id in ids {
         let q = queue.get(&id).copied().unwrap_or_default();
         let h = hold.get(&id).copied().unwrap_or_default();

@@ -5,6 +5,7 @@
 //! at once while different messages proceed in parallel. New messages need no such lock:
 //! nobody else knows their id until the commit is done.
 
+use std::collections::HashSet;
 use std::fs::TryLockError;
 use std::fs::{File, OpenOptions};
 use std::hash::{Hash, Hasher};
@@ -54,11 +55,39 @@ pub struct Spool {
 #[derive(Debug)]
 struct Inner {
     disk: Disk,
+    /// Ids created since the spool opened, while a deferred recovery scan is pending (the
+    /// scan leaves them alone); `None` once it has run.
+    created_during_recovery: Mutex<Option<HashSet<QueueId>>>,
     /// Declared before `lock` so it stops (finishing queued commits) before the lock goes.
     committer: Committer,
     stripes: Vec<Mutex<()>>,
     /// Held for the life of the spool; the OS releases the lock when it is closed.
     _lock: File,
+}
+
+/// The queue scan of a spool opened with [`Spool::open_deferred`], still to run.
+#[must_use = "the queued messages are only found by running the recovery"]
+pub struct DeferredRecovery {
+    spool: Spool,
+    report: RecoveryReport,
+}
+
+impl DeferredRecovery {
+    /// Scans `queue/` and `hold/` as [`Spool::open`] would, leaving alone every message
+    /// created since the spool opened. Blocking; runs once.
+    pub fn run(self) -> Result<RecoveryReport, Error> {
+        let created = &self.spool.inner.created_during_recovery;
+        let skip = |id: QueueId| {
+            created
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|ids| ids.contains(&id))
+        };
+        let result = recover::scan_messages(&self.spool.inner.disk, self.report, &skip);
+        *created.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        result
+    }
 }
 
 impl Spool {
@@ -70,6 +99,17 @@ impl Spool {
         Self::open_with_faults(dir, options, Arc::new(NoFaults))
     }
 
+    /// Opens the spool ready for new mail at once, with the scan of `queue/` and `hold/` left
+    /// to the returned [`DeferredRecovery`] (to run on another thread): start-up time then no
+    /// longer grows with the queue. Only `tmp/` is cleared before returning.
+    pub fn open_deferred(
+        dir: &Path,
+        options: SpoolOptions,
+    ) -> Result<(Spool, DeferredRecovery), Error> {
+        let (spool, report) = Self::open_inner(dir, options, Arc::new(NoFaults), true)?;
+        Ok((spool.clone(), DeferredRecovery { spool, report }))
+    }
+
     /// [`Spool::open`] with a [`FaultInjector`] consulted before every fsync and rename, for
     /// tests that need a write to fail.
     pub fn open_with_faults(
@@ -77,11 +117,24 @@ impl Spool {
         options: SpoolOptions,
         faults: Arc<dyn FaultInjector>,
     ) -> Result<(Spool, RecoveryReport), Error> {
+        Self::open_inner(dir, options, faults, false)
+    }
+
+    fn open_inner(
+        dir: &Path,
+        options: SpoolOptions,
+        faults: Arc<dyn FaultInjector>,
+        deferred: bool,
+    ) -> Result<(Spool, RecoveryReport), Error> {
         let layout = Layout::new(dir);
         layout.create()?;
         let lock = take_lock(&layout.lock)?;
         let disk = Disk::new(layout, options.sync, faults);
-        let report = recover::recover(&disk)?;
+        let report = if deferred {
+            recover::clear_tmp(&disk)?
+        } else {
+            recover::recover(&disk)?
+        };
         let committer = Committer::start(disk.clone(), options.max_batch)?;
         tracing::info!(
             dir = %dir.display(),
@@ -93,6 +146,7 @@ impl Spool {
         );
         let inner = Inner {
             disk,
+            created_during_recovery: Mutex::new(deferred.then(HashSet::new)),
             committer,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             _lock: lock,
@@ -112,7 +166,16 @@ impl Spool {
 
     /// Starts a new message: a fresh [`QueueId`] and its temporary content file.
     pub fn create(&self) -> Result<MessageWriter, Error> {
-        MessageWriter::create(&self.inner.disk.layout.tmp)
+        let writer = MessageWriter::create(&self.inner.disk.layout.tmp)?;
+        let mut created = self
+            .inner
+            .created_during_recovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(ids) = created.as_mut() {
+            ids.insert(writer.id());
+        }
+        Ok(writer)
     }
 
     /// Hands a finished message to the group committer. `envelope.id` must be `writer.id()`.

@@ -930,3 +930,53 @@ fn recovery_scale() {
     eprintln!("recovered {} messages in {took:?}", report.queued.len());
     assert_eq!(report.queued.len(), MESSAGES);
 }
+
+#[test]
+fn deferred_recovery_leaves_mail_arriving_meanwhile_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), fast()).unwrap();
+    let old = store(&spool, b"queued before the restart");
+    drop(spool);
+    let lone_msg = dir
+        .path()
+        .join(format!("queue/{}.msg", QueueId::generate()));
+    fs::write(&lone_msg, b"never acknowledged").unwrap();
+    let tmp_leftover = dir.path().join(format!("tmp/{}.msg", QueueId::generate()));
+    fs::write(&tmp_leftover, b"half a message").unwrap();
+
+    let (spool, recovery) = Spool::open_deferred(dir.path(), fast()).unwrap();
+    assert!(
+        !tmp_leftover.exists(),
+        "tmp/ is cleared before new mail is taken"
+    );
+    // New mail while the scan has not run: one message committed, one still being written
+    // with its content already renamed into queue/ by hand (the state half-way through a
+    // commit), which the scan must not take for an incomplete leftover.
+    let new = store(&spool, b"arrived during recovery");
+    let mut writing = spool.create().unwrap();
+    writing.write_all(b"still being written").unwrap();
+    let half_committed = dir.path().join(format!("queue/{}.msg", writing.id()));
+    fs::write(&half_committed, b"still being written").unwrap();
+
+    let report = recovery.run().unwrap();
+    let recovered: Vec<QueueId> = report.queued.iter().map(|e| e.id).collect();
+    assert_eq!(
+        recovered,
+        vec![old.id],
+        "only the messages from before the restart"
+    );
+    let mut removed = report.removed_incomplete.clone();
+    removed.sort();
+    let mut expected = vec![tmp_leftover, lone_msg];
+    expected.sort();
+    assert_eq!(
+        removed, expected,
+        "tmp/ at open, the lone content file in the scan"
+    );
+    assert!(
+        half_committed.exists(),
+        "a message of this process is left alone"
+    );
+    assert!(dir.path().join(format!("queue/{}.env", new.id)).exists());
+    assert_eq!(spool.load_envelope(new.id).unwrap().id, new.id);
+}

@@ -35,6 +35,25 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Logs what the recovery scan found and hands the recovered queue to the manager.
+fn recovered(dir: &Path, report: spool::RecoveryReport, queue: &manager::QueueHandle) {
+    for path in &report.removed_incomplete {
+        info!("recovery: removed incomplete {}", path.display());
+    }
+    for (path, reason) in &report.quarantined {
+        warn!("recovery: quarantined {}: {reason}", path.display());
+    }
+    info!(
+        queued = report.queued.len(),
+        held = report.held.len(),
+        "spool {} recovered",
+        dir.display()
+    );
+    for envelope in report.queued {
+        queue.queued(envelope);
+    }
+}
+
 /// A running relay: listeners, queue manager, control socket.
 pub struct Relay {
     addrs: Vec<SocketAddr>,
@@ -46,23 +65,12 @@ impl Relay {
     /// Opens the spool (recovering it), starts delivery and the control socket, and listens.
     pub async fn start(config: Config) -> anyhow::Result<Relay> {
         info!("{config}");
-        let (spool, report) = spool::Spool::open(&config.queue.dir, spool::SpoolOptions::default())
-            .with_context(|| format!("cannot open the spool {}", config.queue.dir.display()))?;
-        for path in &report.removed_incomplete {
-            info!("recovery: removed incomplete {}", path.display());
-        }
-        for (path, reason) in &report.quarantined {
-            warn!("recovery: quarantined {}: {reason}", path.display());
-        }
-        info!(
-            queued = report.queued.len(),
-            held = report.held.len(),
-            "spool {} ready",
-            config.queue.dir.display()
-        );
+        let (spool, recovery) =
+            spool::Spool::open_deferred(&config.queue.dir, spool::SpoolOptions::default())
+                .with_context(|| format!("cannot open the spool {}", config.queue.dir.display()))?;
         let routes = crate::delivery::route::routes(&config.upstreams)?;
         let config = Arc::new(config);
-        let queue = manager::start(spool.clone(), config.clone(), routes, report.queued);
+        let queue = manager::start(spool.clone(), config.clone(), routes);
         let control = control::Server::bind(&config.queue.dir, queue.clone(), spool.clone())?;
         tokio::spawn(control.run());
         let listeners = listener::bind(&config.server.listen)?;
@@ -70,16 +78,23 @@ impl Relay {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let ctx = Arc::new(ConnectionContext {
+            config: config.clone(),
+            spool,
+            queue: queue.clone(),
+        });
+        let server = tokio::spawn(listener::run(listeners, ctx, stopped, SHUTDOWN_GRACE));
         for addr in &addrs {
             info!("listening on {addr}");
         }
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let ctx = Arc::new(ConnectionContext {
-            config,
-            spool,
-            queue,
+        // New mail is taken while the queue left by the last run is scanned, so start-up time
+        // does not grow with the queue.
+        let dir = config.queue.dir.clone();
+        tokio::task::spawn_blocking(move || match recovery.run() {
+            Ok(report) => recovered(&dir, report, &queue),
+            Err(e) => warn!("recovery of {} failed: {e}", dir.display()),
         });
-        let server = tokio::spawn(listener::run(listeners, ctx, stopped, SHUTDOWN_GRACE));
         Ok(Relay {
             addrs,
             stop,

@@ -101,13 +101,9 @@ struct Manager {
 /// Most envelopes kept in memory for first attempts.
 const FRESH_ENVELOPES: usize = 10_000;
 
-/// Starts the manager and its workers, seeded with the recovered queue. Returns the handle.
-pub fn start(
-    spool: Spool,
-    config: Arc<Config>,
-    routes: Vec<Arc<Route>>,
-    recovered: Vec<Envelope>,
-) -> QueueHandle {
+/// Starts the manager and its delivery pools. Messages reach it through the returned handle:
+/// as they are committed, and as the start-up recovery finds them.
+pub fn start(spool: Spool, config: Arc<Config>, routes: Vec<Arc<Route>>) -> QueueHandle {
     let (events, inbox) = mpsc::unbounded_channel();
     let (attempts, attempt_results) = mpsc::unbounded_channel();
     let pools = routes
@@ -123,7 +119,7 @@ pub fn start(
         })
         .collect();
     let connections: usize = routes.iter().map(|r| r.upstream.max_connections).sum();
-    let mut manager = Manager {
+    let manager = Manager {
         spool,
         config,
         routes,
@@ -133,9 +129,6 @@ pub fn start(
         window: (connections * 8).max(64),
         fresh: HashMap::new(),
     };
-    for envelope in recovered {
-        manager.schedule.insert(envelope.id, envelope.next_attempt);
-    }
     tokio::spawn(manager.run(inbox, attempt_results));
     QueueHandle { events }
 }
