@@ -1,12 +1,14 @@
 //! Writing a new message and making it durable: the writer, the group committer and the
 //! [`Durable`] proof.
 //!
-//! A connection task streams content into a [`MessageWriter`] (`tmp/ID.msg`, through a bounded
-//! buffer), then calls `Spool::commit`, which writes `tmp/ID.env` and hands both files to
-//! the committer thread. The committer takes every request waiting (up to `max_batch`),
-//! fsyncs each file, renames the `.msg` and then the `.env` into `queue/`, fsyncs `queue/`
-//! **once** for the whole batch, and only then answers each waiter with a [`Durable`].
-//! Concurrent messages thus share the directory sync, the costly part of a durable write.
+//! A connection task streams content into a [`MessageWriter`] (`queue/ID.msg`, through a
+//! bounded buffer), then calls `Spool::commit`, which writes `queue/ID.env` — the envelope is
+//! written last, and a `.msg` without its `.env` is an incomplete write that recovery removes —
+//! and hands both files to the committer thread. The committer takes every request waiting (up
+//! to `max_batch`), makes the whole batch durable with **one** `syncfs(2)` (file data,
+//! metadata and directory entries: one journal commit whatever the batch size), and only then
+//! answers each waiter with a [`Durable`]. No rename and no separate directory sync: a single
+//! message costs one journal commit, and concurrent messages share it.
 //!
 //! `Durable` has a private field and is built only here, after that sync; the daemon's
 //! function that writes the 250 takes one, so "250 means durable" is checked by the compiler.
@@ -58,9 +60,10 @@ impl Durable {
 
 /// Streams one message's content to `tmp/ID.msg`.
 ///
-/// Writes go through a buffer of [`WRITE_BUFFER`] bytes. Dropping the writer without passing
-/// it to `Spool::commit` removes the temporary file, so a refused or aborted message never
-/// reaches `queue/`.
+/// Writes go through a buffer of [`WRITE_BUFFER`] bytes into `queue/ID.msg`. Dropping the
+/// writer without passing it to `Spool::commit` removes that file, so a refused or aborted
+/// message never stays in `queue/` (and a crash leaves a `.msg` without `.env`, which recovery
+/// removes).
 #[derive(Debug)]
 pub struct MessageWriter {
     id: QueueId,
@@ -72,9 +75,9 @@ pub struct MessageWriter {
 }
 
 impl MessageWriter {
-    pub(crate) fn create(tmp_dir: &Path) -> Result<MessageWriter, Error> {
+    pub(crate) fn create(queue_dir: &Path) -> Result<MessageWriter, Error> {
         let id = QueueId::generate();
-        let path = Layout::file(tmp_dir, id, MSG_EXT);
+        let path = Layout::file(queue_dir, id, MSG_EXT);
         let file = disk::create_new(&path)?;
         Ok(MessageWriter {
             id,
@@ -95,7 +98,7 @@ impl MessageWriter {
         self.written
     }
 
-    /// The temporary file being written (`tmp/ID.msg`).
+    /// The content file being written (`queue/ID.msg`).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -289,7 +292,7 @@ impl Committer {
         mut writer: MessageWriter,
         mut envelope: Envelope,
     ) -> CommitHandle {
-        let tmp_env = Layout::file(&disk.layout.tmp, writer.id, ENV_EXT);
+        let queued_env = Layout::file(&disk.layout.queue, writer.id, ENV_EXT);
         if envelope.id != writer.id {
             return CommitHandle::failed(
                 Error::IdMismatch {
@@ -323,7 +326,7 @@ impl Committer {
                 return CommitHandle::failed(error, &self.root);
             }
         };
-        let env_file = match write_envelope_file(&envelope, &tmp_env) {
+        let env_file = match write_envelope_file(&envelope, &queued_env) {
             Ok(file) => file,
             Err(error) => {
                 drop(msg_guard);
@@ -336,7 +339,7 @@ impl Committer {
             envelope,
             env_file: Some(env_file),
             msg_file: Some(msg_file),
-            env_guard: Some(RemoveOnDrop::new(tmp_env)),
+            env_guard: Some(RemoveOnDrop::new(queued_env)),
             msg_guard,
             reply,
         };
@@ -376,7 +379,8 @@ impl Drop for Committer {
     }
 }
 
-/// Creates `tmp/ID.env` with the envelope's text; the committer fsyncs it.
+/// Creates `queue/ID.env` with the envelope's text, after the content is complete: its
+/// presence is what marks the message whole. The committer makes it durable.
 fn write_envelope_file(envelope: &Envelope, path: &Path) -> Result<File, Error> {
     let text = envelope.to_toml(path)?;
     let guard = RemoveOnDrop::new(path.to_owned());
@@ -420,8 +424,7 @@ fn commit_batch(disk: &Disk, mut batch: Vec<Pending>, stats: &Stats) {
         return;
     }
 
-    // 1. Each file's data and metadata on disk, so that a name in queue/ never points at
-    //    content that a crash could lose.
+    // 1. Content, envelope and their names in queue/ on disk: one syncfs for the batch.
     let results = sync_batch(disk, &mut batch);
     let mut synced = Vec::with_capacity(batch.len());
     for (pending, result) in batch.into_iter().zip(results) {
@@ -431,32 +434,10 @@ fn commit_batch(disk: &Disk, mut batch: Vec<Pending>, stats: &Stats) {
         }
     }
 
-    // 2. Into queue/: content first, envelope last — the envelope's arrival is what makes
-    //    the message complete.
-    let mut renamed = Vec::with_capacity(synced.len());
-    for mut pending in synced {
-        match install(disk, &mut pending) {
-            Ok(()) => renamed.push(pending),
-            Err(error) => pending.fail(error, stats),
-        }
-    }
-    if renamed.is_empty() {
-        return;
-    }
-
-    // 3. One directory sync makes every rename of the batch durable.
-    if let Err(error) = disk.sync_dir(queue) {
-        for pending in renamed {
-            pending.fail(error.duplicate(), stats);
-        }
-        // Make the removals durable too, if the disk lets us.
-        let _ = disk.sync_dir(queue);
-        return;
-    }
-
+    // 2. Only now may anyone say 250.
     // 4. Only now may anyone say 250.
     let mut withdrawn = false;
-    for mut pending in renamed {
+    for mut pending in synced {
         // Durable: the guards must no longer remove anything.
         if let Some(guard) = pending.env_guard.take() {
             guard.disarm();
@@ -486,60 +467,26 @@ fn commit_batch(disk: &Disk, mut batch: Vec<Pending>, stats: &Stats) {
     }
 }
 
-/// fsyncs the content and envelope files of every message of `batch`; one result per
-/// message, in order. A batch of one message fsyncs its two files; a larger batch is flushed
-/// with one `syncfs`, whose cost does not grow with the number of files.
+/// Makes the content and envelope files of every message of `batch` durable, with their
+/// directory entries: one `syncfs` for the whole batch, whose cost does not grow with the
+/// number of files (one journal commit). One result per message, in order.
 fn sync_batch(disk: &Disk, batch: &mut [Pending]) -> Vec<Result<(), Error>> {
-    let tmp = &disk.layout.tmp;
-    if let [pending] = batch {
-        return vec![sync_message(disk, pending)];
-    }
+    let queue = &disk.layout.queue;
     let checked: Vec<Result<(), Error>> = batch
         .iter_mut()
         .map(|p| {
             let id = p.id();
             p.msg_file = None;
             p.env_file = None;
-            disk.check_sync_file(&Layout::file(tmp, id, MSG_EXT))?;
-            disk.check_sync_file(&Layout::file(tmp, id, ENV_EXT))
+            disk.check_sync_file(&Layout::file(queue, id, MSG_EXT))?;
+            disk.check_sync_file(&Layout::file(queue, id, ENV_EXT))
         })
         .collect();
-    match disk.sync_filesystem(tmp) {
+    match disk.sync_filesystem(queue) {
         Ok(()) => checked,
         Err(error) => checked
             .into_iter()
             .map(|_| Err(error.duplicate()))
             .collect(),
     }
-}
-
-/// fsyncs one message's content and envelope files in `tmp/`.
-fn sync_message(disk: &Disk, pending: &mut Pending) -> Result<(), Error> {
-    let id = pending.id();
-    if let Some(file) = pending.msg_file.take() {
-        disk.sync_file(&file, &Layout::file(&disk.layout.tmp, id, MSG_EXT))?;
-    }
-    if let Some(file) = pending.env_file.take() {
-        disk.sync_file(&file, &Layout::file(&disk.layout.tmp, id, ENV_EXT))?;
-    }
-    Ok(())
-}
-
-fn install(disk: &Disk, pending: &mut Pending) -> Result<(), Error> {
-    let id = pending.id();
-    let layout = &disk.layout;
-    let queued_msg = Layout::file(&layout.queue, id, MSG_EXT);
-    disk.rename(&Layout::file(&layout.tmp, id, MSG_EXT), &queued_msg)?;
-    if let Some(guard) = pending.msg_guard.take() {
-        guard.disarm();
-    }
-    pending.msg_guard = Some(RemoveOnDrop::new(queued_msg));
-
-    let queued_env = Layout::file(&layout.queue, id, ENV_EXT);
-    disk.rename(&Layout::file(&layout.tmp, id, ENV_EXT), &queued_env)?;
-    if let Some(guard) = pending.env_guard.take() {
-        guard.disarm();
-    }
-    pending.env_guard = Some(RemoveOnDrop::new(queued_env));
-    Ok(())
 }

@@ -2,15 +2,17 @@
 //!
 //! ```text
 //! DIR/lock            flock'd for the life of a `Spool`; holds the daemon's pid, for humans
-//! DIR/tmp/            partial writes; anything here at start is removed
-//! DIR/queue/ID.msg    content, bytes exactly as received
+//! DIR/tmp/            envelope rewrites in progress; anything here at start is removed
+//! DIR/queue/ID.msg    content, bytes exactly as received (written in place)
 //! DIR/queue/ID.env    envelope (TOML); its presence marks the message complete
 //! DIR/hold/ID.{msg,env}     held messages, same pair
 //! DIR/corrupt/        quarantined files; never deleted automatically
 //! ```
 //!
-//! Durable writes go temp file → fsync → rename → fsync of the directory, the shape of
-//! chasquid's `safeio`. Every fsync and rename passes through a [`FaultInjector`] first, so
+//! A new message is written in place and made durable by its group commit's `syncfs` (the
+//! envelope, written last, marks it complete). Envelope rewrites go temp file → fsync → rename
+//! → fsync of the directory, the shape of chasquid's `safeio`. Every sync and rename passes
+//! through a [`FaultInjector`] first, so
 //! tests can fail any step with no test-only branch in this code. Group commit (`commit`) and
 //! the startup scan (`recover`) are built from these pieces.
 
@@ -52,6 +54,8 @@ pub enum Step<'a> {
     },
     /// A directory is about to be fsync'd.
     SyncDir(&'a Path),
+    /// The filesystem holding this directory is about to be synced (`syncfs`).
+    SyncFilesystem(&'a Path),
 }
 
 /// Hook called before each fsync and rename of a spool write. Returning an error makes the
@@ -161,11 +165,16 @@ impl Disk {
     /// Flushes every file written on the spool's filesystem with one `syncfs(2)` (unless
     /// syncing is turned off): one journal commit, whatever the number of files.
     pub(crate) fn sync_filesystem(&self, dir: &Path) -> Result<(), Error> {
-        if !self.sync {
-            return Ok(());
-        }
-        File::open(dir)
-            .and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from))
+        self.faults
+            .before(Step::SyncFilesystem(dir))
+            .and_then(|()| {
+                if self.sync {
+                    let d = File::open(dir)?;
+                    rustix::fs::syncfs(&d).map_err(std::io::Error::from)
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|e| Error::io("syncfs", dir, e))
     }
 

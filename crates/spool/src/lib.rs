@@ -2,8 +2,9 @@
 //! fsync, shared by every connection task through a cloneable [`Spool`] handle.
 //!
 //! The contract the rest of the relay builds on: a message is answered `250` only with a
-//! [`Durable`] in hand, and only the spool makes those, after content and envelope are
-//! fsync'd, renamed into `queue/` and `queue/` itself fsync'd. After a crash at any instant,
+//! [`Durable`] in hand, and only the spool makes those, after content, envelope and their
+//! directory entries in `queue/` are on disk (one `syncfs` per group commit). After a crash at
+//! any instant,
 //! [`Spool::open`] finds every such message again (in [`RecoveryReport::queued`]) and
 //! nothing that was not acknowledged.
 //!
@@ -11,8 +12,8 @@
 //!
 //! * [`id`](QueueId) — time-ordered message ids that name the files.
 //! * `envelope` — the versioned TOML envelope record ([`Envelope`]) with per-recipient state.
-//! * `disk` — the directory layout and the temp → fsync → rename → fsync-dir steps, each
-//!   passing a [`FaultInjector`] so tests can fail it.
+//! * `disk` — the directory layout and the fsync, syncfs and rename steps, each passing a
+//!   [`FaultInjector`] so tests can fail it.
 //! * `commit` — [`MessageWriter`], the group committer thread, [`CommitHandle`], [`Durable`].
 //! * `recover` — the start-up scan ([`RecoveryReport`]): remove incomplete, quarantine corrupt.
 //! * `spool` — [`Spool`]: open with lock, then load/update/hold/release/remove by id.

@@ -2,9 +2,10 @@
 //!
 //! Runs once in `Spool::open`, with the lock held and before the committer starts. Rules:
 //!
-//! * everything in `tmp/` is an unfinished write (never acknowledged) → removed;
-//! * a `.msg` with no `.env` for its id in `queue/` or `hold/` is an incomplete commit (the
-//!   envelope is renamed last, so this message never got a 250) → removed;
+//! * everything in `tmp/` is an unfinished envelope rewrite → removed;
+//! * a `.msg` with no `.env` for its id in `queue/` or `hold/` is an incomplete write (the
+//!   envelope is written last, so this message never got a 250) → removed; so is a `.msg`
+//!   whose `.env` in `queue/` is empty (a commit cut short by a power loss before its sync);
 //! * an `.env` whose `.msg` is in the *other* of `queue/`/`hold/` is an interrupted hold or
 //!   release → the `.msg` is moved to the envelope (the envelope's place is the message's);
 //! * an `.env` that does not parse, has an unknown version, names another id, lacks its
@@ -228,6 +229,12 @@ impl Scan<'_> {
         if !has_msg {
             let reason = format!("content file {id}.{MSG_EXT} is missing");
             return self.quarantine(&env_path, &reason);
+        }
+        // An empty envelope is a commit cut short before its sync (a committed envelope is
+        // never empty): the message was never acknowledged.
+        if place == Place::Queue && fs::metadata(&env_path).is_ok_and(|m| m.len() == 0) {
+            self.remove_incomplete(&env_path)?;
+            return self.remove_incomplete(&msg_path);
         }
         let checked = disk::read_envelope(&env_path, id).and_then(|envelope| {
             let len = fs::metadata(&msg_path)

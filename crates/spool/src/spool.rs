@@ -166,7 +166,7 @@ impl Spool {
 
     /// Starts a new message: a fresh [`QueueId`] and its temporary content file.
     pub fn create(&self) -> Result<MessageWriter, Error> {
-        let writer = MessageWriter::create(&self.inner.disk.layout.tmp)?;
+        let writer = MessageWriter::create(&self.inner.disk.layout.queue)?;
         let mut created = self
             .inner
             .created_during_recovery

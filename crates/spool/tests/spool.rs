@@ -575,7 +575,7 @@ fn dropping_an_uncommitted_writer_leaves_nothing() {
     let mut writer = spool.create().unwrap();
     writer.write_all(&vec![b'x'; 200_000]).unwrap();
     assert_eq!(writer.bytes_written(), 200_000);
-    assert_eq!(files(dir.path(), "tmp"), [format!("{}.msg", writer.id())]);
+    assert_eq!(files(dir.path(), "queue"), [format!("{}.msg", writer.id())]);
     drop(writer);
     assert!(files(dir.path(), "tmp").is_empty());
     assert!(files(dir.path(), "queue").is_empty());
@@ -791,6 +791,7 @@ impl FaultInjector for FailAt {
             }
             Step::Rename { .. } => "rename env",
             Step::SyncDir(_) => "sync dir",
+            Step::SyncFilesystem(_) => "syncfs",
             _ => "other",
         };
         if name == self.which && !self.fired.swap(true, Ordering::SeqCst) {
@@ -802,14 +803,7 @@ impl FaultInjector for FailAt {
 
 #[test]
 fn a_failed_commit_never_leaves_a_file_in_queue() {
-    for which in [
-        "batch",
-        "sync msg",
-        "sync env",
-        "rename msg",
-        "rename env",
-        "sync dir",
-    ] {
+    for which in ["batch", "sync msg", "sync env", "syncfs"] {
         let dir = tempfile::tempdir().unwrap();
         let faults = Arc::new(FailAt {
             which,
@@ -929,6 +923,24 @@ fn recovery_scale() {
     let took = start.elapsed();
     eprintln!("recovered {} messages in {took:?}", report.queued.len());
     assert_eq!(report.queued.len(), MESSAGES);
+}
+
+#[test]
+fn an_empty_envelope_is_an_unacknowledged_commit_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = damaged(dir.path(), |dir, id| {
+        fs::write(dir.join(format!("queue/{id}.env")), b"").unwrap();
+    });
+    let (_spool, report) = Spool::open(dir.path(), fast()).unwrap();
+    let mut removed = report.removed_incomplete.clone();
+    removed.sort();
+    let expected = vec![
+        dir.path().join(format!("queue/{id}.env")),
+        dir.path().join(format!("queue/{id}.msg")),
+    ];
+    assert_eq!(removed, expected);
+    assert!(report.quarantined.is_empty() && report.queued.is_empty());
+    assert!(files(dir.path(), "queue").is_empty());
 }
 
 #[test]
