@@ -1,0 +1,125 @@
+//! Micro-benchmarks of the hot pure code on the receiving side: command parsing and DATA / BDAT
+//! decoding (`cargo bench -p smtp --bench parse`). Throughput is reported in bytes per second
+//! so a decoder's cost can be compared with the sink's and the disk's (docs/PERFORMANCE.md).
+#![allow(missing_docs)] // benchmark functions are not API
+#![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark set-up
+
+use divan::Bencher;
+use divan::counter::BytesCount;
+use smtp::data::BdatEvent;
+use smtp::{BdatDecoder, DataDecoder, DataEvent, DataLimits, LineReader, parse_command};
+
+fn main() {
+    divan::main();
+}
+
+/// Command lines as a printer, a script or Postfix sends them (without CRLF).
+const COMMANDS: &[(&str, &str)] = &[
+    ("ehlo", "EHLO printer-3f.contoso.local"),
+    (
+        "mail",
+        "MAIL FROM:<scanner@contoso.com> SIZE=20480 BODY=8BITMIME",
+    ),
+    ("rcpt", "RCPT TO:<accounts.payable@example.net>"),
+    (
+        "rcpt_dsn",
+        "RCPT TO:<a@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@example.net",
+    ),
+    ("data", "DATA"),
+    ("quit", "QUIT"),
+];
+
+#[divan::bench(args = COMMANDS.iter().map(|(name, _)| *name))]
+fn command(bencher: Bencher, name: &str) {
+    let line = COMMANDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, l)| l.as_bytes())
+        .unwrap();
+    bencher
+        .counter(BytesCount::new(line.len()))
+        .bench(|| parse_command(divan::black_box(line), false));
+}
+
+/// A pipelined MAIL/RCPT/DATA burst through the line framer.
+#[divan::bench]
+fn line_reader_pipelined(bencher: Bencher) {
+    let burst = b"MAIL FROM:<scanner@contoso.com> SIZE=1024\r\nRCPT TO:<a@example.net>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n".to_vec();
+    bencher
+        .counter(BytesCount::new(burst.len()))
+        .with_inputs(|| burst.clone())
+        .bench_local_refs(|input| {
+            let mut reader = LineReader::new(1000);
+            let mut lines = 0;
+            while let smtp::Line::Complete(_) = reader.next_line(input) {
+                lines += 1;
+            }
+            lines
+        });
+}
+
+/// A message of about `size` octets: headers, then 76-character text lines, some starting
+/// with a dot (stuffed on the wire), ending in the terminator.
+fn wire_message(size: usize) -> Vec<u8> {
+    let mut m =
+        b"From: <scanner@contoso.com>\r\nTo: <a@example.net>\r\nSubject: scan\r\n\r\n".to_vec();
+    let mut i = 0;
+    while m.len() < size {
+        if i % 50 == 0 {
+            m.extend_from_slice(b"..a stuffed line\r\n");
+        }
+        m.extend_from_slice(
+            b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tem\r\n",
+        );
+        i += 1;
+    }
+    m.extend_from_slice(b".\r\n");
+    m
+}
+
+const SIZES: &[usize] = &[1024, 20 * 1024, 1024 * 1024];
+
+/// DATA decoding fed as the daemon feeds it: 16 KiB reads appended to the input buffer.
+#[divan::bench(args = SIZES)]
+fn data_decode(bencher: Bencher, size: usize) {
+    let wire = wire_message(size);
+    bencher.counter(BytesCount::new(wire.len())).bench(|| {
+        let mut decoder = DataDecoder::new(DataLimits::new(64 << 20));
+        let mut input = Vec::with_capacity(32 * 1024);
+        let mut out = 0;
+        for chunk in wire.chunks(16 * 1024) {
+            input.extend_from_slice(chunk);
+            loop {
+                match decoder.decode(&mut input) {
+                    DataEvent::Content(piece) => out += piece.len(),
+                    DataEvent::End(_) => return out,
+                    DataEvent::NeedInput => break,
+                }
+            }
+        }
+        out
+    });
+}
+
+/// BDAT decoding of one `BDAT n LAST` chunk of the same content (no dot layer).
+#[divan::bench(args = SIZES)]
+fn bdat_decode(bencher: Bencher, size: usize) {
+    let wire = wire_message(size);
+    bencher.counter(BytesCount::new(wire.len())).bench(|| {
+        let mut decoder = BdatDecoder::new(DataLimits::new(64 << 20));
+        decoder.begin_chunk(wire.len() as u64);
+        let mut input = Vec::with_capacity(32 * 1024);
+        let mut out = 0;
+        for chunk in wire.chunks(16 * 1024) {
+            input.extend_from_slice(chunk);
+            loop {
+                match decoder.decode(&mut input) {
+                    BdatEvent::Content(piece) => out += piece.len(),
+                    BdatEvent::ChunkEnd => return out,
+                    BdatEvent::NeedInput => break,
+                }
+            }
+        }
+        out
+    });
+}
