@@ -176,6 +176,44 @@ impl ContentChecker {
         }
     }
 
+    /// How many octets at the start of `bytes` are plain text that [`Self::push_plain`] may
+    /// take in one go: inside a line whose `Received:` prefix is already decided, no CR, LF,
+    /// NUL or undeclared 8-bit octet, within the line, size and piece limits. Zero when the
+    /// byte-by-byte path must decide.
+    fn plain_run(&self, bytes: &[u8]) -> usize {
+        if self.pending_cr || self.line_len < self.prefix.len() {
+            return 0;
+        }
+        let line_room = self
+            .limits
+            .max_line
+            .saturating_sub(2)
+            .saturating_sub(self.line_len);
+        let size_room = self.limits.max_size.saturating_sub(self.bytes);
+        let piece_room = MAX_PIECE.saturating_sub(self.piece.len());
+        let max = bytes
+            .len()
+            .min(line_room)
+            .min(usize::try_from(size_room).unwrap_or(usize::MAX))
+            .min(piece_room);
+        let eight_bit = self.limits.eight_bit_allowed;
+        bytes
+            .get(..max)
+            .unwrap_or_default()
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n' || b == 0 || (b >= 0x80 && !eight_bit))
+            .unwrap_or(max)
+    }
+
+    /// Takes a run that [`Self::plain_run`] measured: the same effect as pushing each octet.
+    fn push_plain(&mut self, run: &[u8]) {
+        self.line_len = self.line_len.saturating_add(run.len());
+        self.bytes = self.bytes.saturating_add(run.len() as u64);
+        if self.rejected.is_none() {
+            self.piece.extend_from_slice(run);
+        }
+    }
+
     fn piece_full(&self) -> bool {
         self.piece.len() >= MAX_PIECE
     }
@@ -259,9 +297,19 @@ impl DataDecoder {
             };
         }
         let mut consumed = 0;
-        for &b in input.iter() {
-            consumed += 1;
-            self.step(b);
+        while let Some(rest) = input.get(consumed..).filter(|r| !r.is_empty()) {
+            let run = if self.state == DotState::Text {
+                self.checker.plain_run(rest)
+            } else {
+                0
+            };
+            if let Some(plain) = rest.get(..run).filter(|p| !p.is_empty()) {
+                self.checker.push_plain(plain);
+                consumed += run;
+            } else if let Some(&b) = rest.first() {
+                consumed += 1;
+                self.step(b);
+            }
             if self.state == DotState::Ended || self.checker.piece_full() {
                 break;
             }
@@ -373,9 +421,15 @@ impl BdatDecoder {
         let available = u64::try_from(input.len()).unwrap_or(u64::MAX);
         let wanted = usize::try_from(self.remaining.min(available)).unwrap_or(input.len());
         let mut consumed = 0;
-        for &b in input.iter().take(wanted) {
-            consumed += 1;
-            self.checker.push(b);
+        while let Some(rest) = input.get(consumed..wanted).filter(|r| !r.is_empty()) {
+            let run = self.checker.plain_run(rest);
+            if let Some(plain) = rest.get(..run).filter(|p| !p.is_empty()) {
+                self.checker.push_plain(plain);
+                consumed += run;
+            } else if let Some(&b) = rest.first() {
+                consumed += 1;
+                self.checker.push(b);
+            }
             if self.checker.piece_full() {
                 break;
             }

@@ -43,20 +43,40 @@ impl DotStuffer {
 
     /// Appends the wire form of the next piece of content.
     pub fn push(&mut self, piece: &[u8], out: &mut Vec<u8>) {
-        for &b in piece {
-            match b {
-                b'\r' | 0 => {}
-                b'\n' => {
-                    out.extend_from_slice(b"\r\n");
-                    self.at_line_start = true;
+        let mut rest = piece;
+        while !rest.is_empty() {
+            // Inside a line, everything up to the next CR, LF or NUL is copied as it is.
+            let run = if self.at_line_start {
+                0
+            } else {
+                rest.iter()
+                    .position(|&b| matches!(b, b'\r' | b'\n' | 0))
+                    .unwrap_or(rest.len())
+            };
+            let (plain, tail) = rest.split_at(run);
+            out.extend_from_slice(plain);
+            let Some((&b, tail)) = tail.split_first() else {
+                return;
+            };
+            rest = tail;
+            self.octet(b, out);
+        }
+    }
+
+    /// One octet at a line start or a line end.
+    fn octet(&mut self, b: u8, out: &mut Vec<u8>) {
+        match b {
+            b'\r' | 0 => {}
+            b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                self.at_line_start = true;
+            }
+            _ => {
+                if b == b'.' && self.at_line_start {
+                    out.push(b'.');
                 }
-                _ => {
-                    if b == b'.' && self.at_line_start {
-                        out.push(b'.');
-                    }
-                    out.push(b);
-                    self.at_line_start = false;
-                }
+                out.push(b);
+                self.at_line_start = false;
             }
         }
     }

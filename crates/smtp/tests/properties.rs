@@ -51,14 +51,14 @@ fn decode_split(
     let mut decoder = DataDecoder::new(limits);
     let mut buffer = Vec::new();
     let mut content = Vec::new();
-    for chunk in [first, second] {
+    for (index, chunk) in [first, second].into_iter().enumerate() {
         buffer.extend_from_slice(chunk);
         loop {
             match decoder.decode(&mut buffer) {
                 DataEvent::Content(piece) => content.extend(piece),
                 DataEvent::NeedInput => break,
                 DataEvent::End(outcome) => {
-                    if chunk.as_ptr() == first.as_ptr() {
+                    if index == 0 {
                         buffer.extend_from_slice(second);
                     }
                     return (content, Some(outcome), buffer);

@@ -236,17 +236,21 @@ where
     let server = &ctx.config.server;
     let mut policy = RelayPolicy::new(peer.rule, &ctx.config);
     let mut open: Option<OpenMessage> = None;
+    let mut replies = Vec::new();
     let mut deadline = (Instant::now() + server.command_timeout).min(session_deadline);
     loop {
         match session.step(input, &mut policy) {
             Output::Send(reply) => {
+                // Replies are collected and written when the session next waits for input, so
+                // a pipelined group is answered with one write (RFC 2920).
                 log_refusal(peer, &reply);
-                write_reply(stream, &reply).await?;
+                reply.write_to(&mut replies);
                 if open.is_none() {
                     deadline = (Instant::now() + server.command_timeout).min(session_deadline);
                 }
             }
             Output::NeedInput => {
+                flush_replies(stream, &mut replies).await?;
                 if !read_more(stream, input, deadline).await? {
                     if deadline_passed(deadline) {
                         let reply = session.timed_out();
@@ -258,7 +262,10 @@ where
                     return Ok(Exit::Closed);
                 }
             }
-            Output::StartTls => return Ok(Exit::StartTls),
+            Output::StartTls => {
+                flush_replies(stream, &mut replies).await?;
+                return Ok(Exit::StartTls);
+            }
             Output::MessageBegin(transaction) => {
                 deadline = (Instant::now() + server.data_timeout).min(session_deadline);
                 open = begin_message(transaction, policy.take_preflight(), peer, ctx)
@@ -291,7 +298,10 @@ where
             Output::MessageAbort => {
                 open = None;
             }
-            Output::Close => return Ok(Exit::Closed),
+            Output::Close => {
+                flush_replies(stream, &mut replies).await?;
+                return Ok(Exit::Closed);
+            }
         }
     }
 }
@@ -322,6 +332,20 @@ where
     };
     input.truncate(start + n);
     Ok(n > 0)
+}
+
+/// Writes the collected replies, if any, in one write.
+async fn flush_replies<S>(stream: &mut S, replies: &mut Vec<u8>) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    if replies.is_empty() {
+        return Ok(());
+    }
+    stream.write_all(replies).await?;
+    stream.flush().await?;
+    replies.clear();
+    Ok(())
 }
 
 /// Writes one reply and flushes it.
