@@ -70,7 +70,8 @@ impl Relay {
                 .with_context(|| format!("cannot open the spool {}", config.queue.dir.display()))?;
         let routes = crate::delivery::route::routes(&config.upstreams)?;
         let config = Arc::new(config);
-        let queue = manager::start(spool.clone(), config.clone(), routes);
+        let queue = manager::start(spool.clone(), config.clone(), routes)
+            .context("cannot start the queue manager")?;
         let control = control::Server::bind(&config.queue.dir, queue.clone(), spool.clone())?;
         tokio::spawn(control.run());
         let listeners = listener::bind(&config.server.listen)?;

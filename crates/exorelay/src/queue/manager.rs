@@ -96,6 +96,24 @@ struct Manager {
     /// Envelopes of freshly queued messages, so their first attempt needs no spool read;
     /// bounded by [`FRESH_ENVELOPES`].
     fresh: HashMap<QueueId, Envelope>,
+    /// Deletes finished messages' files on its own thread, so the manager task never blocks
+    /// on unlinks (one per delivered message).
+    reaper: std::sync::mpsc::Sender<QueueId>,
+}
+
+/// Starts the thread that deletes finished messages from the spool.
+fn start_reaper(spool: Spool) -> std::io::Result<std::sync::mpsc::Sender<QueueId>> {
+    let (sender, ids) = std::sync::mpsc::channel::<QueueId>();
+    std::thread::Builder::new()
+        .name("spool-reaper".into())
+        .spawn(move || {
+            for id in ids {
+                if let Err(e) = spool.remove(id) {
+                    warn!(%id, "cannot remove: {e}");
+                }
+            }
+        })?;
+    Ok(sender)
 }
 
 /// Most envelopes kept in memory for first attempts.
@@ -103,7 +121,11 @@ const FRESH_ENVELOPES: usize = 10_000;
 
 /// Starts the manager and its delivery pools. Messages reach it through the returned handle:
 /// as they are committed, and as the start-up recovery finds them.
-pub fn start(spool: Spool, config: Arc<Config>, routes: Vec<Arc<Route>>) -> QueueHandle {
+pub fn start(
+    spool: Spool,
+    config: Arc<Config>,
+    routes: Vec<Arc<Route>>,
+) -> std::io::Result<QueueHandle> {
     let (events, inbox) = mpsc::unbounded_channel();
     let (attempts, attempt_results) = mpsc::unbounded_channel();
     let pools = routes
@@ -119,7 +141,9 @@ pub fn start(spool: Spool, config: Arc<Config>, routes: Vec<Arc<Route>>) -> Queu
         })
         .collect();
     let connections: usize = routes.iter().map(|r| r.upstream.max_connections).sum();
+    let reaper = start_reaper(spool.clone())?;
     let manager = Manager {
+        reaper,
         spool,
         config,
         routes,
@@ -130,7 +154,7 @@ pub fn start(spool: Spool, config: Arc<Config>, routes: Vec<Arc<Route>>) -> Queu
         fresh: HashMap::new(),
     };
     tokio::spawn(manager.run(inbox, attempt_results));
-    QueueHandle { events }
+    Ok(QueueHandle { events })
 }
 
 impl Manager {
@@ -367,11 +391,12 @@ impl Manager {
         }
     }
 
+    /// Forgets a finished message and has the reaper thread delete its files.
     fn remove(&mut self, id: QueueId) {
         self.schedule.remove(id);
         self.fresh.remove(&id);
-        if let Err(e) = blocking(|| self.spool.remove(id)) {
-            warn!(%id, "cannot remove: {e}");
+        if self.reaper.send(id).is_err() {
+            warn!(%id, "the spool reaper has stopped; message files left for the next start");
         }
     }
 
@@ -422,8 +447,9 @@ impl Manager {
                 Ok(format!("{target} released, due now"))
             }
             Command::Delete(_) => {
-                blocking(|| self.spool.load_envelope(target)).map_err(|e| e.to_string())?;
-                self.remove(target);
+                blocking(|| self.spool.remove(target)).map_err(|e| e.to_string())?;
+                self.schedule.remove(target);
+                self.fresh.remove(&target);
                 Ok(format!("{target} deleted"))
             }
             Command::Bounce(_) => {
