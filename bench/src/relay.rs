@@ -206,36 +206,9 @@ impl Drop for Exorelay {
     }
 }
 
-/// The service table of the private instance: an smtpd on `{SMTPD}` plus what a relaying
-/// Postfix uses, nothing chrooted (the instance needs no files outside its directory).
-/// Adapted from `crates/exorelay/tests/interop_postfix.rs`.
-const MASTER_CF: &str = "\
-{SMTPD} inet n - n - - smtpd
-pickup    unix  n - n 60    1 pickup
-cleanup   unix  n - n -     0 cleanup
-qmgr      unix  n - n 300   1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n -     - trivial-rewrite
-bounce    unix  - - n -     0 bounce
-defer     unix  - - n -     0 bounce
-trace     unix  - - n -     0 bounce
-verify    unix  - - n -     1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -     - proxymap
-proxywrite unix - - n -     1 proxymap
-smtp      unix  - - n -     - smtp
-relay     unix  - - n -     - smtp
-showq     unix  n - n -     - showq
-error     unix  - - n -     - error
-retry     unix  - - n -     - error
-discard   unix  - - n -     - discard
-local     unix  - n n -     - local
-virtual   unix  - n n -     - virtual
-lmtp      unix  - - n -     - lmtp
-anvil     unix  - - n -     1 anvil
-scache    unix  - - n -     1 scache
-postlog   unix-dgram n - n - 1 postlogd
-";
+/// The service table of the private instance (shared with the interop tests): an smtpd on
+/// `{SMTPD}` plus what a relaying Postfix uses, nothing chrooted.
+const MASTER_CF: &str = include_str!("../postfix-master.cf");
 
 /// A running private Postfix instance.
 pub struct Postfix {

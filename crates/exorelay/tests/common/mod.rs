@@ -667,33 +667,7 @@ pub fn queue_id_of(reply: &str) -> String {
 /// The service table of a private Postfix instance: an smtpd on `{SMTPD}` plus the services a
 /// receiving or relaying Postfix uses. Nothing is chrooted, so the instance needs no files
 /// outside its directory.
-pub const POSTFIX_MASTER_CF: &str = "\
-{SMTPD} inet n - n - - smtpd
-pickup    unix  n - n 60    1 pickup
-cleanup   unix  n - n -     0 cleanup
-qmgr      unix  n - n 300   1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n -     - trivial-rewrite
-bounce    unix  - - n -     0 bounce
-defer     unix  - - n -     0 bounce
-trace     unix  - - n -     0 bounce
-verify    unix  - - n -     1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -     - proxymap
-proxywrite unix - - n -     1 proxymap
-smtp      unix  - - n -     - smtp
-relay     unix  - - n -     - smtp
-showq     unix  n - n -     - showq
-error     unix  - - n -     - error
-retry     unix  - - n -     - error
-discard   unix  - - n -     - discard
-local     unix  - n n -     - local
-virtual   unix  - n n -     - virtual
-lmtp      unix  - - n -     - lmtp
-anvil     unix  - - n -     1 anvil
-scache    unix  - - n -     1 scache
-postlog   unix-dgram n - n - 1 postlogd
-";
+pub const POSTFIX_MASTER_CF: &str = include_str!("../../../../bench/postfix-master.cf");
 
 /// A private Postfix instance in a temporary directory (own `main.cf`, queue, data directory
 /// and `maillog_file`), stopped when dropped; its log is printed if the test failed.
