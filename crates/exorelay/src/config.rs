@@ -184,6 +184,9 @@ pub struct QueueSettings {
     pub max_age: Duration,
     /// Receives the bounces that cannot be returned to their sender.
     pub postmaster: Option<String>,
+    /// Below this much free space on the spool's file system, new mail is refused with
+    /// `452 4.3.1` (at least 1.5 × the largest message, as Postfix does).
+    pub min_free_space: u64,
 }
 
 /// Reads a configuration (or tenants) file, naming it in the error when it cannot be read.
@@ -437,6 +440,7 @@ impl Validator<'_> {
             retry,
             max_age: raw.max_age.0,
             postmaster: raw.postmaster,
+            min_free_space: raw.min_free_space.0,
         })
     }
 
@@ -621,6 +625,8 @@ struct RawQueue {
     #[serde(default = "defaults::max_age")]
     max_age: Span,
     postmaster: Option<String>,
+    #[serde(default = "defaults::min_free_space")]
+    min_free_space: Size,
 }
 
 /// Defaults, each documented in the example configuration.
@@ -659,6 +665,9 @@ mod defaults {
     }
     pub fn on_attribution_failure() -> AttributionAction {
         AttributionAction::Refuse
+    }
+    pub fn min_free_space() -> Size {
+        Size(0)
     }
     pub fn smtp_port() -> u16 {
         25

@@ -250,3 +250,18 @@ fn listens_on_ipv4_and_ipv6() {
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].0.client_ip, "::1");
 }
+
+#[test]
+fn a_spool_low_on_space_refuses_new_mail_with_452() {
+    // No file system has a million TiB free: the relay must consider its spool full.
+    let config = common::BASE_CONFIG.replace(
+        "retry = [\"1s\"]",
+        "retry = [\"1s\"]\nmin_free_space = \"1000000TiB\"",
+    );
+    let relay = Relay::start_with(&config);
+    let mut c = session(&relay);
+    c.expect("MAIL FROM:<a@contoso.com>", "452 4.3.1");
+    c.expect("QUIT", "221");
+    relay.wait_for_log("refusing new mail with 452 4.3.1");
+    assert!(relay.queued().is_empty());
+}

@@ -159,6 +159,14 @@ impl Spool {
         ))
     }
 
+    /// Bytes available to the spool on its file system (for the daemon's low-space check).
+    pub fn free_space(&self) -> Result<u64, Error> {
+        let dir = &self.inner.disk.layout.queue;
+        rustix::fs::statvfs(dir)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .map_err(|e| Error::io("statvfs", dir, std::io::Error::from(e)))
+    }
+
     /// The spool directory.
     pub fn dir(&self) -> &Path {
         &self.inner.disk.layout.root

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -54,6 +55,41 @@ fn recovered(dir: &Path, report: spool::RecoveryReport, queue: &manager::QueueHa
     }
 }
 
+/// How often the spool's free space is looked at.
+const FREE_SPACE_CHECK: Duration = Duration::from_secs(5);
+
+/// Sets `low_on_space` when the spool's file system has less room than
+/// `max(queue.min_free_space, 1.5 × server.max_message_size)`; logs each change.
+fn watch_free_space(ctx: &ConnectionContext) {
+    let config = &ctx.config;
+    let needed = config
+        .queue
+        .min_free_space
+        .max(config.server.max_message_size.saturating_mul(3) / 2);
+    let low = match ctx.spool.free_space() {
+        Ok(free) => free < needed,
+        Err(e) => {
+            warn!("cannot tell the spool's free space: {e}");
+            false
+        }
+    };
+    if ctx.low_on_space.swap(low, Ordering::Relaxed) != low {
+        if low {
+            warn!("spool file system below {needed} bytes free: refusing new mail with 452 4.3.1");
+        } else {
+            info!("spool file system has room again: accepting mail");
+        }
+    }
+}
+
+async fn free_space_watcher(ctx: Arc<ConnectionContext>) {
+    let mut tick = tokio::time::interval(FREE_SPACE_CHECK);
+    loop {
+        tick.tick().await;
+        watch_free_space(&ctx);
+    }
+}
+
 /// A running relay: listeners, queue manager, control socket.
 pub struct Relay {
     addrs: Vec<SocketAddr>,
@@ -84,7 +120,10 @@ impl Relay {
             config: config.clone(),
             spool,
             queue: queue.clone(),
+            low_on_space: AtomicBool::new(false),
         });
+        watch_free_space(&ctx);
+        tokio::spawn(free_space_watcher(ctx.clone()));
         let server = tokio::spawn(listener::run(listeners, ctx, stopped, SHUTDOWN_GRACE));
         for addr in &addrs {
             info!("listening on {addr}");

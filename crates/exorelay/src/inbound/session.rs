@@ -34,6 +34,8 @@ pub struct ConnectionContext {
     pub spool: Spool,
     /// The queue manager, told about each message once it is durable.
     pub queue: QueueHandle,
+    /// Set while the spool's file system is below `queue.min_free_space` (see `cli/serve.rs`).
+    pub low_on_space: std::sync::atomic::AtomicBool,
 }
 
 /// Why the driver loop stopped.
@@ -234,7 +236,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let server = &ctx.config.server;
-    let mut policy = RelayPolicy::new(peer.rule, &ctx.config);
+    let mut policy = RelayPolicy::new(peer.rule, &ctx.config, &ctx.low_on_space);
     let mut open: Option<OpenMessage> = None;
     let mut replies = Vec::new();
     let mut deadline = (Instant::now() + server.command_timeout).min(session_deadline);

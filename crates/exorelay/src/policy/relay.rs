@@ -7,6 +7,8 @@
 //! remembers a sender rewrite (`fix`) or a warning (`warn`) for the driver, and a predicted EXO
 //! refusal under `refuse` is answered here, at RCPT, with the reason and the fix.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use smtp::{EnhancedCode, ForwardPath, MailParams, Policy, RcptParams, Reply, ReversePath};
 use tracing::{info, warn};
 
@@ -28,15 +30,18 @@ pub struct Preflight {
 pub struct RelayPolicy<'a> {
     rule: &'a ClientRule,
     config: &'a Config,
+    low_on_space: &'a AtomicBool,
     transaction: Preflight,
 }
 
 impl<'a> RelayPolicy<'a> {
-    /// The policy of `rule` under `config`.
-    pub fn new(rule: &'a ClientRule, config: &'a Config) -> Self {
+    /// The policy of `rule` under `config`; while `low_on_space` is set, new mail is refused
+    /// with `452 4.3.1` (security.md §11).
+    pub fn new(rule: &'a ClientRule, config: &'a Config, low_on_space: &'a AtomicBool) -> Self {
         RelayPolicy {
             rule,
             config,
+            low_on_space,
             transaction: Preflight::default(),
         }
     }
@@ -90,6 +95,9 @@ fn domain_allowed(allowed: &[String], domain: &str) -> bool {
 impl Policy for RelayPolicy<'_> {
     fn check_sender(&mut self, from: &ReversePath, _params: &MailParams) -> Result<(), Reply> {
         self.transaction = Preflight::default();
+        if self.low_on_space.load(Ordering::Relaxed) {
+            return Err(Reply::insufficient_storage());
+        }
         let (Some(allowed), ReversePath::Mailbox(mailbox)) =
             (&self.rule.allowed_sender_domains, from)
         else {
