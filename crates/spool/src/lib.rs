@@ -22,6 +22,31 @@
 //! On disk (`DIR/`): `lock`, `tmp/`, `queue/ID.msg` + `queue/ID.env`, `hold/` (same pair),
 //! `corrupt/`. See the `disk` module for the rules.
 //!
+//! # Example
+//!
+//! ```
+//! use std::io::Write;
+//! use spool::{Envelope, Spool, SpoolOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let (spool, recovered) = Spool::open(dir.path(), SpoolOptions::default())?;
+//! assert!(recovered.queued.is_empty());
+//!
+//! let mut writer = spool.create()?;
+//! writer.write_all(b"Subject: hello\r\n\r\nbody\r\n")?;
+//! let mut envelope = Envelope::new(writer.id(), 1_795_846_609);
+//! envelope.mail_from = "app@contoso.com".into();
+//! let durable = spool.commit(writer, envelope).wait()?; // only now may a 250 be sent
+//! assert_eq!(durable.envelope().size, 24);
+//!
+//! drop(spool);
+//! let (_spool, recovered) = Spool::open(dir.path(), SpoolOptions::default())?;
+//! assert_eq!(recovered.queued.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! What the spool does not do: decide when to deliver (the queue manager keeps the
 //! time-ordered index, seeded from the recovery report), or look inside message content.
 
