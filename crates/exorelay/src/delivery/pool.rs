@@ -114,7 +114,7 @@ impl PoolTask {
                     }
                     None => return,
                 },
-                _ = tick.tick() => self.close_idle().await,
+                _ = tick.tick() => self.close_idle(),
             }
         }
     }
@@ -147,15 +147,32 @@ impl PoolTask {
         }
     }
 
-    async fn close_idle(&mut self) {
+    /// Closes connections idle for longer than [`IDLE`]; each says QUIT in its own task, so a
+    /// slow upstream never holds up the pool.
+    fn close_idle(&mut self) {
         let now = Instant::now();
         let (stale, fresh): (Vec<Warm>, Vec<Warm>) = std::mem::take(&mut self.idle)
             .into_iter()
             .partition(|w| now.duration_since(w.idle_since) >= IDLE);
         self.idle = fresh;
         for warm in stale {
-            warm.connection.quit().await;
+            tokio::spawn(warm.connection.quit());
         }
+    }
+}
+
+/// Gives a delivery's place in the pool back when the delivery ends, however it ends (even if
+/// its task panicked), so the pool never waits for a delivery that is gone.
+struct Place {
+    events: mpsc::UnboundedSender<PoolEvent>,
+    connection: Option<Warm>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let _ = self
+            .events
+            .send(PoolEvent::Finished(self.connection.take()));
     }
 }
 
@@ -170,6 +187,10 @@ async fn deliver(
     events: mpsc::UnboundedSender<PoolEvent>,
 ) {
     let id = envelope.id;
+    let mut place = Place {
+        events,
+        connection: None,
+    };
     let mut warm = match warm {
         Some(w) if w.carried < MESSAGES_PER_CONNECTION => w,
         old => {
@@ -192,7 +213,6 @@ async fn deliver(
                         host: None,
                         result: Err(e),
                     });
-                    let _ = events.send(PoolEvent::Finished(None));
                     return;
                 }
             }
@@ -205,11 +225,12 @@ async fn deliver(
     };
     warm.carried += 1;
     warm.idle_since = Instant::now();
-    let back = result.is_ok().then_some(warm);
+    if result.is_ok() {
+        place.connection = Some(warm);
+    }
     let _ = attempts.send(Attempt {
         envelope,
         host,
         result,
     });
-    let _ = events.send(PoolEvent::Finished(back));
 }
