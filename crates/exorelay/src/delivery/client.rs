@@ -165,12 +165,19 @@ pub struct Connection {
     pub tls: bool,
 }
 
+/// Writes `bytes` and flushes them. The flush matters with TLS: tokio-rustls accepts plaintext
+/// into its record buffer even when the socket is momentarily full, and without a flush those
+/// last bytes (the end of a BDAT chunk, the `.` of DATA) would wait while we wait for a reply.
 async fn write_all<S: AsyncWrite + Unpin + ?Sized>(
     stream: &mut S,
     bytes: &[u8],
     phase: &'static str,
 ) -> Result<(), DeliveryError> {
-    match timeout(timeouts::DATA_BLOCK, stream.write_all(bytes)).await {
+    let written = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    match timeout(timeouts::DATA_BLOCK, written).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(DeliveryError::Timeout(phase)),
     }
