@@ -155,17 +155,19 @@ fn kill9_under_load_loses_no_acknowledged_message_and_invents_none() {
     let logs = std::mem::take(&mut *logs.lock().unwrap());
     let outcomes: HashMap<String, LoadOutcome> = logs.into_iter().collect();
 
-    // What the kill left half-written; recovery must remove it (files written later by the
+    // What the kill left half-written — content files in queue/ whose envelope was never
+    // written, and anything in tmp/ — recovery must remove (files written later by the
     // restarted relay's own work are not counted).
-    let partial_at_kill = files_in(&relay.spool.join("tmp"));
+    let partial_at_kill = half_written(&relay.spool);
 
-    // Restart on the same spool; startup runs recovery.
+    // Restart on the same spool; startup runs recovery (in the background: wait for its end).
     let relay = Relay::start_in(relay.dir.clone(), common::BASE_CONFIG);
+    relay.wait_for_log("recovered");
     let log = relay.log();
     let removed = log.matches("recovery: removed incomplete").count();
     let ready = log
         .lines()
-        .find(|l| l.contains(" ready"))
+        .find(|l| l.contains(" recovered"))
         .map(strip_ansi)
         .unwrap_or_default();
     let queued = relay.queued();
@@ -187,7 +189,7 @@ fn kill9_under_load_loses_no_acknowledged_message_and_invents_none() {
         }
     }
     println!(
-        "recovery: {} files in tmp/ at the kill, log says removed {removed}; {ready}",
+        "recovery: {} half-written files at the kill, log says removed {removed}; {ready}",
         partial_at_kill.len()
     );
 
@@ -332,6 +334,19 @@ fn strip_ansi(line: &str) -> String {
 }
 
 /// The files in `dir` (none if it does not exist).
+/// Files of messages cut off by the kill: every file in `tmp/`, and every `queue/ID.msg` without
+/// its `queue/ID.env` (the envelope is written last).
+fn half_written(spool: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut partial = files_in(&spool.join("tmp"));
+    partial.extend(
+        files_in(&spool.join("queue"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "msg"))
+            .filter(|p| !p.with_extension("env").exists()),
+    );
+    partial
+}
+
 fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir)
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
