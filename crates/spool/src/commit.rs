@@ -75,8 +75,8 @@ pub struct MessageWriter {
 }
 
 impl MessageWriter {
-    pub(crate) fn create(queue_dir: &Path) -> Result<MessageWriter, Error> {
-        let id = QueueId::generate();
+    /// Creates the content file of the new message `id` in `queue_dir`.
+    pub(crate) fn create(queue_dir: &Path, id: QueueId) -> Result<MessageWriter, Error> {
         let path = Layout::file(queue_dir, id, MSG_EXT);
         let file = disk::create_new(&path)?;
         Ok(MessageWriter {

@@ -173,17 +173,21 @@ impl Spool {
     }
 
     /// Starts a new message: a fresh [`QueueId`] and its temporary content file.
+    ///
+    /// While a deferred recovery is pending, the id is registered as new *before* its file
+    /// exists, so a scan that lists the file always knows to leave it alone.
     pub fn create(&self) -> Result<MessageWriter, Error> {
-        let writer = MessageWriter::create(&self.inner.disk.layout.queue)?;
-        let mut created = self
+        let id = QueueId::generate();
+        if let Some(ids) = self
             .inner
             .created_during_recovery
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(ids) = created.as_mut() {
-            ids.insert(writer.id());
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            ids.insert(id);
         }
-        Ok(writer)
+        MessageWriter::create(&self.inner.disk.layout.queue, id)
     }
 
     /// Hands a finished message to the group committer. `envelope.id` must be `writer.id()`.

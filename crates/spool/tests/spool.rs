@@ -992,3 +992,44 @@ fn deferred_recovery_leaves_mail_arriving_meanwhile_alone() {
     assert!(dir.path().join(format!("queue/{}.env", new.id)).exists());
     assert_eq!(spool.load_envelope(new.id).unwrap().id, new.id);
 }
+
+/// A deferred recovery racing with new mail: over many fresh starts, the scan runs while
+/// other threads create messages as fast as they can. Every message created then must
+/// survive the scan (the scan once listed a content file created a moment before its id was
+/// registered as new, and removed it as incomplete).
+#[test]
+fn deferred_recovery_never_removes_a_message_created_while_it_runs() {
+    const STARTS: usize = 100;
+    const WRITERS: usize = 3;
+    const MESSAGES_PER_WRITER: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let mut removed_new = Vec::new();
+    for _ in 0..STARTS {
+        let (spool, recovery) = Spool::open_deferred(dir.path(), fast()).unwrap();
+        let start = Arc::new(Barrier::new(WRITERS + 1));
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let (spool, start) = (spool.clone(), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    start.wait();
+                    (0..MESSAGES_PER_WRITER)
+                        .map(|_| spool.create().unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        start.wait();
+        let report = recovery.run().unwrap();
+        for writer in writers.into_iter().flat_map(|w| w.join().unwrap()) {
+            let path = dir.path().join(format!("queue/{}.msg", writer.id()));
+            if !path.exists() || report.removed_incomplete.contains(&path) {
+                removed_new.push(writer.id());
+            }
+        }
+    }
+    assert!(
+        removed_new.is_empty(),
+        "{} messages being written were removed by the scan: {removed_new:?}",
+        removed_new.len()
+    );
+}
