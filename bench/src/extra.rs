@@ -74,6 +74,7 @@ fn idle(exorelay: &Path, sink: &Sink, dir: &Path) -> anyhow::Result<String> {
             n = IDLE_CONNECTIONS + 100
         ),
         upstream_closed: false,
+        upstream_ca: None,
     };
     let relay = Exorelay::start(exorelay, dir, sink.port, &extra, &[])?;
     std::thread::sleep(Duration::from_millis(500));
@@ -119,6 +120,7 @@ fn big(exorelay: &Path, sink: &Sink, dir: &Path, smtp_source: &Path) -> anyhow::
     let extra = ExoExtra {
         server: "max_message_size = \"40MiB\"\n".into(),
         upstream_closed: false,
+        upstream_ca: None,
     };
     let relay = Exorelay::start(exorelay, dir, sink.port, &extra, &[])?;
     let warm = Workload {
@@ -126,6 +128,7 @@ fn big(exorelay: &Path, sink: &Sink, dir: &Path, smtp_source: &Path) -> anyhow::
         sessions: 1,
         reuse: false,
         messages: 1,
+        tls: false,
     };
     crate::drive(&warm, sink, relay.port, smtp_source)?;
     std::thread::sleep(Duration::from_millis(300));
@@ -140,6 +143,7 @@ fn big(exorelay: &Path, sink: &Sink, dir: &Path, smtp_source: &Path) -> anyhow::
         sessions: 1,
         reuse: false,
         messages: 1,
+        tls: false,
     };
     let (secs, _) = crate::drive(&wl, sink, relay.port, smtp_source)?;
     let peak = sampler.finish();
@@ -170,6 +174,7 @@ fn startup(exorelay: &Path, sink: &Sink, dir: &Path, count: usize) -> anyhow::Re
     let extra = ExoExtra {
         server: String::new(),
         upstream_closed: true,
+        upstream_ca: None,
     };
     let mut out = String::new();
     let mut relay = Exorelay::start(exorelay, dir, sink.port, &extra, &[])?;
@@ -246,7 +251,7 @@ pub fn make_spool(dir: &Path, count: usize) -> anyhow::Result<()> {
         dir,
         SpoolOptions {
             sync: false,
-            max_batch: 256,
+            ..SpoolOptions::default()
         },
     )?;
     let now = SystemTime::now()

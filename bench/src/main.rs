@@ -4,9 +4,11 @@
 //! generates the load. For each workload (message size × parallel sessions × connection per
 //! message or reused), runs alternate `direct` (smtp-source straight into the sink: the ceiling),
 //! exorelay, Postfix, repeated `--reps` times, each relay started fresh on a fresh queue
-//! directory. The time measured runs from starting smtp-source until the sink has received every
-//! message. Medians, the exorelay/Postfix throughput ratio and exorelay's share of the ceiling are
-//! printed as Markdown tables, followed by the memory and start-up measurements (`extra`).
+//! directory. In the TLS workloads both relays must use STARTTLS to the sink (the hop to EXO in
+//! production); smtp-source → relay, and `direct`, stay plaintext. The time measured runs from
+//! starting smtp-source until the sink has received every message. Medians, the exorelay/Postfix
+//! throughput ratio and exorelay's share of the ceiling are printed as Markdown tables, followed
+//! by the memory and start-up measurements (`extra`).
 //!
 //! Every loop is bounded in count and time; everything listens on 127.0.0.1 only. The entry
 //! point for humans is `bench/relay-vs-postfix.sh`.
@@ -105,15 +107,18 @@ struct Workload {
     sessions: usize,
     reuse: bool,
     messages: usize,
+    /// The relays deliver to the sink over STARTTLS (smtp-source → relay stays plaintext).
+    tls: bool,
 }
 
 impl Workload {
     fn label(&self) -> String {
         format!(
-            "{}/{}/{}",
+            "{}/{}/{}{}",
             size_label(self.size),
             self.sessions,
-            if self.reuse { "reuse" } else { "conn" }
+            if self.reuse { "reuse" } else { "conn" },
+            if self.tls { "/tls" } else { "" }
         )
     }
 }
@@ -186,8 +191,9 @@ fn size_label(size: usize) -> String {
 }
 
 /// The matrix. Counts are chosen so that a run lasts a few seconds at the throughput measured
-/// on the reference machine (docs/PERFORMANCE.md): full about 13 minutes, `--quick` (1 and 20
-/// KiB at 10 and 50 sessions, one connection per message) about 2.
+/// on the reference machine (docs/PERFORMANCE.md): full about 16 minutes, `--quick` (1 and 20
+/// KiB at 10 and 50 sessions, one connection per message, no TLS) about 2. The full matrix
+/// ends with the TLS rows: 1 and 20 KiB at 10 and 50 sessions, one connection per message.
 fn workloads(quick: bool) -> Vec<Workload> {
     let mut list = Vec::new();
     for reuse in [false, true] {
@@ -210,6 +216,20 @@ fn workloads(quick: bool) -> Vec<Workload> {
                     sessions,
                     reuse,
                     messages,
+                    tls: false,
+                });
+            }
+        }
+    }
+    if !quick {
+        for size in [1 << 10, 20 << 10] {
+            for sessions in [10, 50] {
+                list.push(Workload {
+                    size,
+                    sessions,
+                    reuse: false,
+                    messages: if size == 1 << 10 { 3000 } else { 2000 },
+                    tls: true,
                 });
             }
         }
@@ -241,6 +261,9 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
     };
     let sink = Sink::start()?;
+    // The relays trust the sink's STARTTLS certificate through this CA (TLS workloads).
+    let ca_file = work.join("sink-ca.pem");
+    sink.write_ca(&ca_file)?;
     let started = Instant::now();
     eprintln!(
         "relay-bench: sink on 127.0.0.1:{}, work dir {}",
@@ -265,7 +288,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
                     run_no += 1;
                     let dir = work.join(format!("run{run_no:04}-{}", side.name()));
                     std::fs::create_dir_all(&dir)?;
-                    let result = measure(side, wl, &sink, &dir, &exorelay, args)
+                    let result = measure(side, wl, &sink, &ca_file, &dir, &exorelay, args)
                         .map_err(|e| format!("{e:#}"));
                     match &result {
                         Ok(s) => eprintln!(
@@ -321,10 +344,12 @@ fn result_ok_dir_cleanup(_dir: &Path) -> bool {
 }
 
 /// One run of `wl` against `side`: start it fresh, drive smtp-source, wait for the sink.
+/// `ca_file`: the sink's CA, for the relays' STARTTLS in TLS workloads.
 fn measure(
     side: Side,
     wl: &Workload,
     sink: &Sink,
+    ca_file: &Path,
     dir: &Path,
     exorelay: &Path,
     args: &RunArgs,
@@ -334,13 +359,17 @@ fn measure(
     let (port, pid, tree) = match side {
         Side::Direct => (sink.port, 0, false),
         Side::Exorelay => {
-            let r = Exorelay::start(exorelay, dir, sink.port, &ExoExtra::default(), &[])?;
+            let extra = ExoExtra {
+                upstream_ca: wl.tls.then(|| ca_file.to_owned()),
+                ..ExoExtra::default()
+            };
+            let r = Exorelay::start(exorelay, dir, sink.port, &extra, &[])?;
             let (port, pid) = (r.port, r.pid());
             exo = Some(r);
             (port, pid, false)
         }
         Side::Postfix => {
-            let p = Postfix::start(&args.postfix, dir, sink.port)?;
+            let p = Postfix::start(&args.postfix, dir, sink.port, wl.tls.then_some(ca_file))?;
             let (port, pid) = (p.port, p.master_pid());
             pfx = Some(p);
             (port, pid, true)
@@ -531,10 +560,43 @@ fn fmt_rate(s: &Summary) -> String {
 
 fn tables(results: &Results, reps: usize) -> String {
     let mut out = String::new();
-    for (reuse, title) in [
-        (false, "one connection per message (smtp-source without -d)"),
-        (true, "connection reuse (smtp-source -d)"),
+    // (reuse, tls, title, header of the direct column, note after the common explanation)
+    for (reuse, tls, title, direct, note) in [
+        (
+            false,
+            false,
+            "one connection per message (smtp-source without -d)",
+            "direct msg/s",
+            "",
+        ),
+        (
+            true,
+            false,
+            "connection reuse (smtp-source -d)",
+            "direct msg/s",
+            "",
+        ),
+        (
+            false,
+            true,
+            "relay → sink over STARTTLS (one connection per message)",
+            "direct (plaintext) msg/s",
+            " Both relays must use STARTTLS to the sink (TLS 1.3, rustls server with an ECDSA \
+             P-256 certificate): exorelay `tls = \"required\"` with `ca_file` (certificate \
+             verified), Postfix `smtp_tls_security_level = encrypt` with `smtp_tls_CAfile` (TLS \
+             mandatory, certificate not enforced; Postfix's default `smtp_tls_connection_reuse = \
+             no` means one connection per message); smtp-source → \
+             relay stays plaintext. direct is smtp-source into the sink without TLS, so % direct \
+             is against the plaintext ceiling.",
+        ),
     ] {
+        let rows: Vec<_> = results
+            .iter()
+            .filter(|(w, _)| w.reuse == reuse && w.tls == tls)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
         let _ = writeln!(
             out,
             "\n### Throughput, {title}\n\nMedian of {reps} runs each, messages/second from the first connection to the last \
@@ -542,17 +604,17 @@ fn tables(results: &Results, reps: usize) -> String {
              % direct = exorelay / direct ceiling. RSS (Pss) = highest peak over the runs, sampled \
              every 25 ms (Postfix: sum over its master and all its children, every 100 ms; Pss \
              divides shared pages among the processes sharing them). conns = connections the relay opened to the sink (median). CPU = median CPU time of \
-             the relay per message (user + system, all its processes, from /proc; 10 ms ticks).\n"
+             the relay per message (user + system, all its processes, from /proc; 10 ms ticks).{note}\n"
         );
         let _ = writeln!(
             out,
-            "| size | sessions | msgs | direct msg/s | exorelay msg/s | Postfix msg/s | ratio | % direct | exorelay s | Postfix s | CPU µs/msg exo/pfx | exorelay RSS (Pss) MiB | Postfix RSS (Pss) MiB | conns exo/pfx |"
+            "| size | sessions | msgs | {direct} | exorelay msg/s | Postfix msg/s | ratio | % direct | exorelay s | Postfix s | CPU µs/msg exo/pfx | exorelay RSS (Pss) MiB | Postfix RSS (Pss) MiB | conns exo/pfx |"
         );
         let _ = writeln!(
             out,
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
-        for (wl, samples) in results.iter().filter(|(w, _)| w.reuse == reuse) {
+        for (wl, samples) in rows {
             let d = summary(wl, samples, Side::Direct);
             let e = summary(wl, samples, Side::Exorelay);
             let p = summary(wl, samples, Side::Postfix);

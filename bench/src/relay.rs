@@ -32,13 +32,15 @@ pub fn greeting(port: u16, limit: Duration) -> bool {
     matches!(s.read(&mut buf), Ok(n) if n >= 3 && &buf[..3] == b"220")
 }
 
-/// Extra `[server]` lines for special runs (idle connections, big message).
+/// Extra settings for special runs (idle connections, big message, STARTTLS to the sink).
 #[derive(Debug, Default, Clone)]
 pub struct ExoExtra {
     /// Lines added to `[server]`.
     pub server: String,
     /// Whether to deliver to the sink (false: upstream is a closed port).
     pub upstream_closed: bool,
+    /// STARTTLS to the sink (`tls = "required"`) trusting this CA file; plaintext when `None`.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// A running exorelay.
@@ -72,6 +74,15 @@ impl Exorelay {
         } else {
             sink_port
         };
+        // With TLS the certificate is checked against a DNS name, as for EXO's MX host (the
+        // sink's certificate carries both `localhost` and `127.0.0.1`).
+        let upstream_tls = match &extra.upstream_ca {
+            Some(ca) => format!(
+                "tls = \"required\"\nserver_name = \"localhost\"\nca_file = \"{}\"\n",
+                ca.display()
+            ),
+            None => "tls = \"none\"\n".into(),
+        };
         let config = format!(
             "# Written by relay-bench: production defaults except the loopback addresses.\n\
              [server]\n\
@@ -86,7 +97,7 @@ impl Exorelay {
              name = \"sink\"\n\
              host = \"127.0.0.1\"\n\
              port = {upstream_port}\n\
-             tls = \"none\"\n\
+             {upstream_tls}\
              \n\
              [queue]\n\
              dir = \"spool\"\n",
@@ -220,8 +231,15 @@ pub struct Postfix {
 }
 
 impl Postfix {
-    /// Configures an instance in `dir` relaying everything to the sink and starts it.
-    pub fn start(postfix: &Path, dir: &Path, sink_port: u16) -> anyhow::Result<Postfix> {
+    /// Configures an instance in `dir` relaying everything to the sink and starts it; with
+    /// `tls_ca`, its smtp client must use STARTTLS to the sink (`smtp_tls_security_level =
+    /// encrypt`, this CA file).
+    pub fn start(
+        postfix: &Path,
+        dir: &Path,
+        sink_port: u16,
+        tls_ca: Option<&Path>,
+    ) -> anyhow::Result<Postfix> {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         let config_dir = dir.join("etc");
@@ -238,7 +256,7 @@ impl Postfix {
             bail!("chown postfix {} failed", data_dir.display());
         }
         let port = free_port()?;
-        let main_cf = format!(
+        let mut main_cf = format!(
             "# Written by relay-bench: Postfix defaults except what a private loopback\n\
              # instance needs (own directories and log, loopback only, relayhost = the sink).\n\
              compatibility_level = 3.6\n\
@@ -260,6 +278,18 @@ impl Postfix {
             log = dir.join("maillog").display(),
             root = dir.display(),
         );
+        if let Some(ca) = tls_ca {
+            // `encrypt`: mandatory TLS; the chain is checked against the CA file but a failure
+            // would not stop delivery, and no name is matched (`verify` would match the
+            // nexthop, here an IP literal). Loglevel 0 as by default: 1 adds a maillog line per
+            // connection ("Trusted TLS connection established …").
+            main_cf.push_str(&format!(
+                "smtp_tls_security_level = encrypt\n\
+                 smtp_tls_CAfile = {}\n\
+                 smtp_tls_loglevel = 0\n",
+                ca.display()
+            ));
+        }
         std::fs::write(config_dir.join("main.cf"), main_cf)?;
         std::fs::write(
             config_dir.join("master.cf"),

@@ -1,20 +1,41 @@
 //! The counting SMTP sink every relay delivers into (and `direct` mode sends straight to).
 //!
-//! Minimal ESMTP on `127.0.0.1:0`: EHLO (PIPELINING, 8BITMIME, SIZE, CHUNKING), HELO, MAIL,
-//! RCPT, DATA with dot-terminator detection, BDAT with LAST, RSET, NOOP, QUIT. Every command is
-//! accepted; a message counts when its end-of-data (or `BDAT … LAST`) has arrived, just before
-//! its `250`. Replies to pipelined commands are collected and written once per read. The sink
-//! stores nothing, so it costs the box as little CPU as possible.
+//! Minimal ESMTP on `127.0.0.1:0`: EHLO (PIPELINING, 8BITMIME, SIZE, CHUNKING, STARTTLS), HELO,
+//! MAIL, RCPT, DATA with dot-terminator detection, BDAT with LAST, RSET, NOOP, STARTTLS, QUIT.
+//! Every command is accepted; a message counts when its end-of-data (or `BDAT … LAST`) has
+//! arrived, just before its `250`. Replies to pipelined commands are collected and written once
+//! per read. The sink stores nothing, so it costs the box as little CPU as possible.
+//!
+//! STARTTLS (RFC 3207, rustls with the ring provider) uses a server certificate for `127.0.0.1`
+//! and `localhost` issued at start by a throw-away CA (rcgen); [`Sink::write_ca`] writes that
+//! CA for the relays to trust. After the handshake the dialogue starts over without a greeting
+//! (the client sends EHLO again) and STARTTLS is no longer offered. Clients that ignore the
+//! STARTTLS line (smtp-source, relays with TLS off) see the plaintext sink unchanged.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 /// Longest command line the sink accepts before dropping the connection.
 const MAX_LINE: usize = 4096;
+
+/// Longest a TLS handshake may take before the connection is dropped.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// The EHLO reply before STARTTLS.
+const EHLO_PLAIN: &[u8] = b"250-sink.bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n\
+    250-SIZE 104857600\r\n250-CHUNKING\r\n250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n";
+
+/// The EHLO reply inside TLS (no STARTTLS).
+const EHLO_TLS: &[u8] = b"250-sink.bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n\
+    250-SIZE 104857600\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n";
 
 /// Counters shared by the sink's connections.
 #[derive(Debug, Default)]
@@ -33,12 +54,16 @@ pub struct Sink {
     pub port: u16,
     /// What it has received.
     pub counters: Arc<Counters>,
+    /// PEM of the CA that issued the STARTTLS certificate.
+    ca_pem: String,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl Sink {
-    /// Starts the sink on one runtime worker thread.
+    /// Issues the STARTTLS certificate and starts the sink on one runtime worker thread.
     pub fn start() -> anyhow::Result<Sink> {
+        let (tls, ca_pem) = tls_config().context("sink TLS certificate")?;
+        let acceptor = TlsAcceptor::from(tls);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("sink")
@@ -59,16 +84,24 @@ impl Sink {
                 };
                 c.connections.fetch_add(1, Ordering::Relaxed);
                 let c = c.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let _ = serve(stream, &c).await;
+                    let _ = connection(stream, &c, &acceptor).await;
                 });
             }
         });
         Ok(Sink {
             port,
             counters,
+            ca_pem,
             _runtime: runtime,
         })
+    }
+
+    /// Writes the PEM of the CA that issued the sink's certificate to `path`.
+    pub fn write_ca(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, &self.ca_pem)
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 
     /// Messages received so far.
@@ -80,6 +113,62 @@ impl Sink {
     pub fn connections(&self) -> u64 {
         self.counters.connections.load(Ordering::Relaxed)
     }
+}
+
+/// A fresh CA and a server certificate it issued for `127.0.0.1` and `localhost` (ECDSA P-256):
+/// the rustls server configuration (TLS 1.3 and 1.2, ring) and the CA's PEM.
+fn tls_config() -> anyhow::Result<(Arc<rustls::ServerConfig>, String)> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "relay-bench sink CA");
+    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let ca_pem = ca_cert.pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &issuer)?;
+    let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone(), ca_cert.der().clone()], key)?;
+    Ok((Arc::new(config), ca_pem))
+}
+
+/// How a dialogue ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// QUIT, end of input or a line too long.
+    Closed,
+    /// The client sent STARTTLS and got `220`: the TLS handshake comes next.
+    StartTls,
+}
+
+/// One connection: greeting, plaintext dialogue, and after STARTTLS the dialogue inside TLS.
+async fn connection(
+    mut tcp: TcpStream,
+    counters: &Counters,
+    acceptor: &TlsAcceptor,
+) -> std::io::Result<()> {
+    let _ = tcp.set_nodelay(true);
+    tcp.write_all(b"220 sink.bench ESMTP counting sink\r\n")
+        .await?;
+    if serve(&mut tcp, counters, true).await? == End::StartTls {
+        let mut tls = tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        serve(&mut tls, counters, false).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+    }
+    Ok(())
 }
 
 /// Where a connection is in the dialogue.
@@ -98,11 +187,13 @@ enum State {
     },
 }
 
-async fn serve(mut stream: TcpStream, counters: &Counters) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    stream
-        .write_all(b"220 sink.bench ESMTP counting sink\r\n")
-        .await?;
+/// The dialogue after the greeting (or after the TLS handshake); `offer_tls`: STARTTLS is
+/// advertised and accepted (plaintext only).
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    counters: &Counters,
+    offer_tls: bool,
+) -> std::io::Result<End> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending: Vec<u8> = Vec::with_capacity(MAX_LINE);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
@@ -110,10 +201,10 @@ async fn serve(mut stream: TcpStream, counters: &Counters) -> std::io::Result<()
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(End::Closed);
         }
         let mut input = &buf[..n];
-        let mut quit = false;
+        let mut end = None;
         while !input.is_empty() {
             match &mut state {
                 State::Data {
@@ -193,7 +284,7 @@ async fn serve(mut stream: TcpStream, counters: &Counters) -> std::io::Result<()
                     let Some(nl) = input.iter().position(|&b| b == b'\n') else {
                         pending.extend_from_slice(input);
                         if pending.len() > MAX_LINE {
-                            return Ok(());
+                            return Ok(End::Closed);
                         }
                         input = &[];
                         continue;
@@ -209,10 +300,8 @@ async fn serve(mut stream: TcpStream, counters: &Counters) -> std::io::Result<()
                         .unwrap_or("")
                         .to_ascii_uppercase();
                     match verb.as_str() {
-                        "EHLO" => out.extend_from_slice(
-                            b"250-sink.bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n\
-                              250-SIZE 104857600\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n",
-                        ),
+                        "EHLO" if offer_tls => out.extend_from_slice(EHLO_PLAIN),
+                        "EHLO" => out.extend_from_slice(EHLO_TLS),
                         "HELO" => out.extend_from_slice(b"250 sink.bench\r\n"),
                         "MAIL" | "RCPT" | "RSET" | "NOOP" => {
                             out.extend_from_slice(b"250 2.0.0 Ok\r\n");
@@ -238,9 +327,17 @@ async fn serve(mut stream: TcpStream, counters: &Counters) -> std::io::Result<()
                                 _ => out.extend_from_slice(b"501 5.5.4 BDAT size\r\n"),
                             }
                         }
+                        "STARTTLS" if offer_tls => {
+                            // Anything pipelined behind STARTTLS is plaintext and is dropped
+                            // (RFC 3207 §4.2: the dialogue starts over inside TLS).
+                            out.extend_from_slice(b"220 2.0.0 Ready to start TLS\r\n");
+                            end = Some(End::StartTls);
+                            break;
+                        }
+                        "STARTTLS" => out.extend_from_slice(b"503 5.5.1 TLS already active\r\n"),
                         "QUIT" => {
                             out.extend_from_slice(b"221 2.0.0 Bye\r\n");
-                            quit = true;
+                            end = Some(End::Closed);
                             break;
                         }
                         _ => out.extend_from_slice(b"500 5.5.2 unknown command\r\n"),
@@ -250,10 +347,11 @@ async fn serve(mut stream: TcpStream, counters: &Counters) -> std::io::Result<()
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
+            stream.flush().await?;
             out.clear();
         }
-        if quit {
-            return Ok(());
+        if let Some(end) = end {
+            return Ok(end);
         }
     }
 }

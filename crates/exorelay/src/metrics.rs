@@ -93,7 +93,13 @@ pub static CONNECTIONS: Counter = Counter::new(
     "Connections opened to upstreams.",
 );
 
-const ALL: [&Counter; 12] = [
+/// Messages moved to `corrupt/` because their content did not match the envelope's checksum.
+pub static QUARANTINED: Counter = Counter::new(
+    "exorelay_messages_quarantined_total",
+    "Messages moved to corrupt/ because their content failed the checksum check.",
+);
+
+const ALL: [&Counter; 13] = [
     &ACCEPTED,
     &REFUSALS,
     &CLIENTS_DENIED,
@@ -106,6 +112,7 @@ const ALL: [&Counter; 12] = [
     &HELD,
     &DSNS,
     &CONNECTIONS,
+    &QUARANTINED,
 ];
 
 /// Every counter in the Prometheus text exposition format, followed by the spool's group

@@ -349,3 +349,55 @@ fn rcpt_5xx_fails_with_a_dsn_to_the_sender_and_none_for_null_sender() {
         started.elapsed()
     );
 }
+
+/// A deferred message whose content no longer matches the checksum its envelope recorded at
+/// commit (what a power loss can leave when the envelope reached the disk and the content did
+/// not) is moved to `corrupt/` at its next attempt and never delivered; the intact message
+/// next to it is.
+#[test]
+fn content_changed_on_disk_is_quarantined_not_delivered() {
+    let mut fake = FakeUpstream::builder().start();
+    fake.stop();
+    let relay = relay_for(fake.port());
+    let mut c = Client::session(relay.addr);
+    let tampered = send(
+        &mut c,
+        FROM,
+        &["a@example.net"],
+        "<tampered@test>",
+        "payroll",
+    );
+    send(&mut c, FROM, &["b@example.net"], "<intact@test>", "intact");
+    c.expect("QUIT", "221");
+    common::wait_until_for("both messages deferred", LIMIT, || {
+        let entries = common::spool_entries(&relay.spool);
+        entries.len() == 2 && entries.iter().all(|(e, _)| e.attempts >= 1)
+    });
+
+    // Same length, other bytes.
+    let path = relay.spool.join(format!("queue/{tampered}.msg"));
+    let original = std::fs::read(&path).unwrap();
+    let text = String::from_utf8(original.clone()).unwrap();
+    let changed = text.replace("payroll", "PAYROLL");
+    assert_eq!(changed.len(), original.len());
+    std::fs::write(&path, changed).unwrap();
+
+    fake.restart();
+    fake.wait_for("the intact message", LIMIT, |m| m.len() == 1);
+    let quarantined = relay.spool.join(format!("corrupt/{tampered}.msg"));
+    common::wait_until_for("the tampered message in corrupt/", LIMIT, || {
+        quarantined.exists()
+    });
+    wait_for_empty_spool(&relay);
+    let delivered: Vec<String> = fake
+        .messages()
+        .iter()
+        .map(|m| m.message_id().unwrap())
+        .collect();
+    assert_eq!(delivered, vec!["<intact@test>".to_string()]);
+    let log = relay.log();
+    assert!(
+        log.contains("does not match its envelope") && log.contains(&tampered),
+        "the log says why:\n{log}"
+    );
+}

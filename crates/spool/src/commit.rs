@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 
 use crate::disk::{self, Disk, ENV_EXT, Layout, MSG_EXT, RemoveOnDrop, Step};
 use crate::envelope::ENVELOPE_VERSION;
+use crate::recycle::{FreeFiles, Recycled};
 use crate::{Envelope, Error, QueueId};
 
 /// Capacity of a writer's buffer: content reaches the file in chunks of at most this size,
@@ -58,33 +59,51 @@ impl Durable {
     }
 }
 
-/// Streams one message's content to `tmp/ID.msg`.
+/// Streams one message's content to its file.
 ///
-/// Writes go through a buffer of [`WRITE_BUFFER`] bytes into `queue/ID.msg`. Dropping the
-/// writer without passing it to `Spool::commit` removes that file, so a refused or aborted
-/// message never stays in `queue/` (and a crash leaves a `.msg` without `.env`, which recovery
-/// removes).
+/// Writes go through a buffer of [`WRITE_BUFFER`] bytes into `queue/ID.msg`, or into a
+/// recycled file in `free/` that the commit renames to `queue/ID.msg` (see the `recycle`
+/// module). A CRC-32 of the content is kept as it is written and stored in the envelope.
+/// Dropping the writer without passing it to `Spool::commit` removes its file, so a refused
+/// or aborted message never stays in `queue/` (and a crash leaves a `.msg` without `.env`,
+/// which recovery removes, or a file in `free/`, which is reused).
 #[derive(Debug)]
 pub struct MessageWriter {
     id: QueueId,
     path: PathBuf,
     out: Option<BufWriter<File>>,
     written: u64,
+    checksum: crc32fast::Hasher,
+    /// Whether `path` is a recycled file in `free/`, to be cut to length and renamed at commit.
+    recycled: bool,
     /// Removes `path` when the writer is dropped; taken over by the commit.
     guard: Option<RemoveOnDrop>,
 }
 
 impl MessageWriter {
-    /// Creates the content file of the new message `id` in `queue_dir`.
-    pub(crate) fn create(queue_dir: &Path, id: QueueId) -> Result<MessageWriter, Error> {
-        let path = Layout::file(queue_dir, id, MSG_EXT);
-        let file = disk::create_new(&path)?;
+    /// Starts the content of the new message `id`: in `recycled` when the pool had a file,
+    /// else in a new `queue_dir/ID.msg`.
+    pub(crate) fn create(
+        queue_dir: &Path,
+        id: QueueId,
+        recycled: Option<Recycled>,
+    ) -> Result<MessageWriter, Error> {
+        let (path, file, recycled) = match recycled {
+            Some(r) => (r.path, r.file, true),
+            None => {
+                let path = Layout::file(queue_dir, id, MSG_EXT);
+                let file = disk::create_new(&path)?;
+                (path, file, false)
+            }
+        };
         Ok(MessageWriter {
             id,
             guard: Some(RemoveOnDrop::new(path.clone())),
             path,
             out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             written: 0,
+            checksum: crc32fast::Hasher::new(),
+            recycled,
         })
     }
 
@@ -98,7 +117,8 @@ impl MessageWriter {
         self.written
     }
 
-    /// The content file being written (`queue/ID.msg`).
+    /// The content file being written (`queue/ID.msg`, or a recycled file in `free/` until
+    /// the commit).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -115,6 +135,7 @@ impl Write for MessageWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.out()?.write(buf)?;
         self.written += n as u64;
+        self.checksum.update(buf.get(..n).unwrap_or(buf));
         Ok(n)
     }
 
@@ -285,11 +306,13 @@ impl Committer {
         self.stats.snapshot()
     }
 
-    /// Writes the envelope next to the content and queues both for the committer.
+    /// Finishes the content file (in `queue/`), writes the envelope next to it and queues
+    /// both for the committer.
     pub(crate) fn submit(
         &self,
         disk: &Disk,
-        mut writer: MessageWriter,
+        free: &FreeFiles,
+        writer: MessageWriter,
         mut envelope: Envelope,
     ) -> CommitHandle {
         let queued_env = Layout::file(&disk.layout.queue, writer.id, ENV_EXT);
@@ -302,31 +325,17 @@ impl Committer {
                 &self.root,
             );
         }
-        // The spool knows the content size and the format it writes; the caller's values for
-        // these two are overwritten rather than trusted.
+        // The spool knows the content size, checksum and the format it writes; the caller's
+        // values for these are overwritten rather than trusted.
         envelope.size = writer.written;
+        envelope.content_crc32 = Some(writer.checksum.clone().finalize());
         envelope.version = ENVELOPE_VERSION;
 
-        let msg_guard = writer.guard.take();
-        let Some(out) = writer.out.take() else {
-            return CommitHandle::failed(
-                Error::io(
-                    "commit",
-                    &writer.path,
-                    io::Error::other("writer already finished"),
-                ),
-                &self.root,
-            );
+        let (msg_file, msg_guard) = match finish_content(disk, writer) {
+            Ok(finished) => finished,
+            Err(error) => return CommitHandle::failed(error, &self.root),
         };
-        let msg_file = match out.into_inner() {
-            Ok(file) => file,
-            Err(e) => {
-                let error = Error::io("write", &writer.path, e.into_error());
-                drop(msg_guard);
-                return CommitHandle::failed(error, &self.root);
-            }
-        };
-        let env_file = match write_envelope_file(&envelope, &queued_env) {
+        let env_file = match write_envelope_file(disk, &envelope, &queued_env, free) {
             Ok(file) => file,
             Err(error) => {
                 drop(msg_guard);
@@ -340,7 +349,7 @@ impl Committer {
             env_file: Some(env_file),
             msg_file: Some(msg_file),
             env_guard: Some(RemoveOnDrop::new(queued_env)),
-            msg_guard,
+            msg_guard: Some(msg_guard),
             reply,
         };
         let handle = CommitHandle {
@@ -379,13 +388,69 @@ impl Drop for Committer {
     }
 }
 
-/// Creates `queue/ID.env` with the envelope's text, after the content is complete: its
-/// presence is what marks the message whole. The committer makes it durable.
-fn write_envelope_file(envelope: &Envelope, path: &Path) -> Result<File, Error> {
-    let text = envelope.to_toml(path)?;
-    let guard = RemoveOnDrop::new(path.to_owned());
-    let file = disk::create_new(path)?;
-    disk::write_all(&file, text.as_bytes(), path)?;
+/// Flushes the writer's buffer and, for a recycled file, cuts it to the new content's length
+/// and renames it to `queue/ID.msg`. Returns the file and the guard that removes it should the
+/// commit fail.
+fn finish_content(disk: &Disk, mut writer: MessageWriter) -> Result<(File, RemoveOnDrop), Error> {
+    let guard = writer.guard.take();
+    let out = writer.out.take().ok_or_else(|| {
+        Error::io(
+            "commit",
+            &writer.path,
+            io::Error::other("writer already finished"),
+        )
+    })?;
+    // From here on `guard` (if any) removes the file on every early return.
+    let guard = guard.unwrap_or_else(|| RemoveOnDrop::new(writer.path.clone()));
+    let file = out
+        .into_inner()
+        .map_err(|e| Error::io("write", &writer.path, e.into_error()))?;
+    if !writer.recycled {
+        return Ok((file, guard));
+    }
+    file.set_len(writer.written)
+        .map_err(|e| Error::io("truncate", &writer.path, e))?;
+    let queued = Layout::file(&disk.layout.queue, writer.id, MSG_EXT);
+    disk.rename(&writer.path, &queued)?;
+    guard.disarm();
+    Ok((file, RemoveOnDrop::new(queued)))
+}
+
+/// Writes `queue/ID.env` with the envelope's text, after the content is complete: its
+/// presence is what marks the message whole. A recycled file is written (padded with
+/// newlines over the old text, then cut to length) while still in `free/` and then renamed;
+/// otherwise the file is created in place. The committer makes it durable.
+fn write_envelope_file(
+    disk: &Disk,
+    envelope: &Envelope,
+    path: &Path,
+    free: &FreeFiles,
+) -> Result<File, Error> {
+    let mut text = envelope.to_toml(path)?.into_bytes();
+    let Some(recycled) = free.take() else {
+        let guard = RemoveOnDrop::new(path.to_owned());
+        let file = disk::create_new(path)?;
+        disk::write_all(&file, &text, path)?;
+        guard.disarm();
+        return Ok(file);
+    };
+    let Recycled { file, path: from } = recycled;
+    let guard = RemoveOnDrop::new(from.clone());
+    let length = text.len() as u64;
+    // Should the new length not reach the disk before a crash, the old text's tail reads as
+    // blank lines, which TOML ignores.
+    let old_length = file
+        .metadata()
+        .map_err(|e| Error::io("stat", &from, e))?
+        .len();
+    text.resize(
+        usize::try_from(old_length.max(length)).unwrap_or(text.len()),
+        b'\n',
+    );
+    disk::write_all(&file, &text, &from)?;
+    file.set_len(length)
+        .map_err(|e| Error::io("truncate", &from, e))?;
+    disk.rename(&from, path)?;
     guard.disarm();
     Ok(file)
 }
@@ -435,7 +500,6 @@ fn commit_batch(disk: &Disk, mut batch: Vec<Pending>, stats: &Stats) {
     }
 
     // 2. Only now may anyone say 250.
-    // 4. Only now may anyone say 250.
     let mut withdrawn = false;
     for mut pending in synced {
         // Durable: the guards must no longer remove anything.

@@ -89,6 +89,7 @@ pub(crate) struct Layout {
     pub(crate) queue: PathBuf,
     pub(crate) hold: PathBuf,
     pub(crate) corrupt: PathBuf,
+    pub(crate) free: PathBuf,
 }
 
 impl Layout {
@@ -100,6 +101,7 @@ impl Layout {
             queue: root.join("queue"),
             hold: root.join("hold"),
             corrupt: root.join("corrupt"),
+            free: root.join("free"),
         }
     }
 
@@ -117,6 +119,7 @@ impl Layout {
             &self.queue,
             &self.hold,
             &self.corrupt,
+            &self.free,
         ] {
             let mut builder = fs::DirBuilder::new();
             builder.recursive(true);

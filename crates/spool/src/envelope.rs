@@ -58,6 +58,10 @@ pub struct Envelope {
     pub next_attempt: u64,
     /// Size of the content file in bytes; set by the spool at commit.
     pub size: u64,
+    /// CRC-32 (IEEE) of the content file; set by the spool at commit, checked before a
+    /// message this process did not write itself is delivered. `None` in older envelopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_crc32: Option<u32>,
     /// Why the message is held, when it is (set by `Spool::hold`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_reason: Option<String>,
@@ -147,6 +151,7 @@ impl Envelope {
             attempts: 0,
             next_attempt: received_at,
             size: 0,
+            content_crc32: None,
             held_reason: None,
             params: MailParameters::default(),
             recipients: Vec::new(),
@@ -219,6 +224,7 @@ mod tests {
             attempts: 1,
             next_attempt: 1_700_000_300,
             size: 12345,
+            content_crc32: Some(0x1234_5678),
             held_reason: None,
             params: MailParameters {
                 size: Some(12000),
@@ -404,6 +410,7 @@ mod tests {
                 attempts,
                 next_attempt,
                 size,
+                content_crc32: None,
                 held_reason,
                 params: MailParameters {
                     size: params.0,

@@ -18,9 +18,10 @@
 //! * `recover` — the start-up scan ([`RecoveryReport`]): remove incomplete, quarantine corrupt.
 //! * `spool` — [`Spool`]: open with lock, then load/update/hold/release/remove by id.
 //! * `reader` — [`SpoolReader`], lock-free read-only access for the CLI.
+//! * `recycle` — the pool of delivered messages' files in `free/`, reused for new ones.
 //!
 //! On disk (`DIR/`): `lock`, `tmp/`, `queue/ID.msg` + `queue/ID.env`, `hold/` (same pair),
-//! `corrupt/`. See the `disk` module for the rules.
+//! `corrupt/`, `free/` (files kept for reuse). See the `disk` module for the rules.
 //!
 //! # Example
 //!
@@ -59,6 +60,7 @@ mod error;
 mod id;
 mod reader;
 mod recover;
+mod recycle;
 mod spool;
 
 pub use commit::{CommitHandle, CommitStats, Durable, MessageWriter, WRITE_BUFFER};

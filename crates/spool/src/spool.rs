@@ -19,6 +19,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use crate::commit::{CommitHandle, CommitStats, Committer, MessageWriter};
 use crate::disk::{self, Disk, ENV_EXT, FaultInjector, Layout, MSG_EXT, NoFaults};
 use crate::recover::{self, RecoveryReport};
+use crate::recycle::FreeFiles;
 use crate::{Envelope, Error, QueueId};
 
 /// Number of per-message lock stripes.
@@ -32,14 +33,18 @@ pub struct SpoolOptions {
     pub sync: bool,
     /// Most messages one group commit (one directory fsync) carries, e.g. 256.
     pub max_batch: usize,
+    /// Most files of delivered messages kept in `free/` for reuse by new ones (0: none);
+    /// see the `recycle` module for why.
+    pub recycle: usize,
 }
 
 impl Default for SpoolOptions {
-    /// Production settings: `sync: true`, `max_batch: 256`.
+    /// Production settings: `sync: true`, `max_batch: 256`, `recycle: 1024`.
     fn default() -> Self {
         SpoolOptions {
             sync: true,
             max_batch: 256,
+            recycle: 1024,
         }
     }
 }
@@ -60,6 +65,8 @@ struct Inner {
     created_during_recovery: Mutex<Option<HashSet<QueueId>>>,
     /// Declared before `lock` so it stops (finishing queued commits) before the lock goes.
     committer: Committer,
+    /// Files of delivered messages, reused for new ones.
+    free: FreeFiles,
     stripes: Vec<Mutex<()>>,
     /// Held for the life of the spool; the OS releases the lock when it is closed.
     _lock: File,
@@ -135,6 +142,7 @@ impl Spool {
         } else {
             recover::recover(&disk)?
         };
+        let free = FreeFiles::open(&disk.layout.free, options.recycle)?;
         let committer = Committer::start(disk.clone(), options.max_batch)?;
         tracing::info!(
             dir = %dir.display(),
@@ -148,6 +156,7 @@ impl Spool {
             disk,
             created_during_recovery: Mutex::new(deferred.then(HashSet::new)),
             committer,
+            free,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             _lock: lock,
         };
@@ -187,7 +196,7 @@ impl Spool {
         {
             ids.insert(id);
         }
-        MessageWriter::create(&self.inner.disk.layout.queue, id)
+        MessageWriter::create(&self.inner.disk.layout.queue, id, self.inner.free.take())
     }
 
     /// Hands a finished message to the group committer. `envelope.id` must be `writer.id()`.
@@ -199,7 +208,7 @@ impl Spool {
     pub fn commit(&self, writer: MessageWriter, envelope: Envelope) -> CommitHandle {
         self.inner
             .committer
-            .submit(&self.inner.disk, writer, envelope)
+            .submit(&self.inner.disk, &self.inner.free, writer, envelope)
     }
 
     /// Counters of the group committer so far.
@@ -236,7 +245,8 @@ impl Spool {
         File::open(&path).map_err(|e| Error::io("open", &path, e))
     }
 
-    /// Deletes message `id` (after delivery, or by the operator). The envelope goes first, so
+    /// Deletes message `id` (after delivery, or by the operator): its files go to the pool in
+    /// `free/` for reuse, or are unlinked when the pool is full. The envelope goes first, so
     /// a crash part-way leaves only a `.msg`, which start-up removes as incomplete.
     ///
     /// The directory is not fsync'd: a removal is visible at once to every process (and so
@@ -246,8 +256,71 @@ impl Spool {
     pub fn remove(&self, id: QueueId) -> Result<(), Error> {
         let _guard = self.lock(id);
         let (dir, _) = self.locate(id)?;
-        disk::remove_file(&Layout::file(dir, id, ENV_EXT))?;
-        disk::remove_file(&Layout::file(dir, id, MSG_EXT))
+        self.inner.free.give(&Layout::file(dir, id, ENV_EXT))?;
+        self.inner.free.give(&Layout::file(dir, id, MSG_EXT))
+    }
+
+    /// Files kept in `free/` for reuse right now.
+    pub fn recyclable_files(&self) -> usize {
+        self.inner.free.len()
+    }
+
+    /// Checks message `id`'s content against the size and CRC-32 its envelope recorded at
+    /// commit (an envelope without a checksum passes). Reads the whole content; meant for
+    /// messages this process did not write itself — those found at start-up — before they
+    /// are delivered, since a power loss may have kept an envelope whose content did not
+    /// reach the disk.
+    pub fn verify_content(&self, envelope: &Envelope) -> Result<(), Error> {
+        let Some(expected) = envelope.content_crc32 else {
+            return Ok(());
+        };
+        let id = envelope.id;
+        let _guard = self.lock(id);
+        let (dir, _) = self.locate(id)?;
+        let path = Layout::file(dir, id, MSG_EXT);
+        let mut file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let mut checksum = crc32fast::Hasher::new();
+        let mut size = 0u64;
+        let mut buffer = vec![0u8; crate::WRITE_BUFFER];
+        loop {
+            let n = file
+                .read(&mut buffer)
+                .map_err(|e| Error::io("read", &path, e))?;
+            let Some(chunk) = buffer.get(..n).filter(|c| !c.is_empty()) else {
+                break;
+            };
+            checksum.update(chunk);
+            size += n as u64;
+        }
+        let actual = checksum.finalize();
+        if size == envelope.size && actual == expected {
+            return Ok(());
+        }
+        Err(Error::Inconsistent {
+            path,
+            reason: format!(
+                "content is {size} bytes with CRC-32 {actual:08x}; the envelope recorded {} bytes with {expected:08x}",
+                envelope.size
+            ),
+        })
+    }
+
+    /// Moves both files of message `id` to `corrupt/` (never deleting them) and returns their
+    /// new paths; for content that failed [`Spool::verify_content`].
+    pub fn quarantine(&self, id: QueueId) -> Result<Vec<PathBuf>, Error> {
+        let _guard = self.lock(id);
+        let (dir, _) = self.locate(id)?;
+        let disk = &self.inner.disk;
+        let mut moved = Vec::new();
+        for ext in [ENV_EXT, MSG_EXT] {
+            let path = Layout::file(dir, id, ext);
+            if path.exists() {
+                moved.push(disk.quarantine(&path)?);
+            }
+        }
+        disk.sync_dir(dir)?;
+        disk.sync_dir(&disk.layout.corrupt)?;
+        Ok(moved)
     }
 
     /// Moves message `id` to `hold/` with `reason` recorded in its envelope; held messages

@@ -22,6 +22,7 @@ fn fast() -> SpoolOptions {
     SpoolOptions {
         sync: false,
         max_batch: 256,
+        recycle: 1024,
     }
 }
 
@@ -43,6 +44,7 @@ fn envelope(id: QueueId) -> Envelope {
         attempts: 0,
         next_attempt: 1_700_000_000,
         size: 0,
+        content_crc32: None,
         held_reason: None,
         params: MailParameters {
             size: None,
@@ -755,6 +757,7 @@ fn max_batch_caps_a_batch() {
     let options = SpoolOptions {
         sync: false,
         max_batch: 8,
+        recycle: 0,
     };
     let (spool, _) = Spool::open_with_faults(dir.path(), options, gate.clone()).unwrap();
     let handles: Vec<CommitHandle> = (0..40)

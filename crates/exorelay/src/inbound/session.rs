@@ -462,6 +462,7 @@ fn envelope_for(message: &OpenMessage, peer: &Peer<'_>) -> Envelope {
         attempts: 0,
         next_attempt: now,
         size: message.writer.bytes_written(),
+        content_crc32: None,
         held_reason: None,
         params: convert::mail_parameters(&t.mail_params),
         recipients: t

@@ -203,13 +203,15 @@ impl Manager {
     }
 
     fn dispatch(&mut self, id: QueueId, now: u64) {
-        let cached = self.fresh.remove(&id).map(Ok);
-        let envelope = match cached.unwrap_or_else(|| blocking(|| self.spool.load_envelope(id))) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                warn!(%id, "cannot load the envelope, not delivering: {e}");
-                return;
-            }
+        let envelope = match self.fresh.remove(&id) {
+            Some(envelope) => envelope,
+            None => match blocking(|| self.load_verified(id)) {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    warn!(%id, "not delivering: {e}");
+                    return;
+                }
+            },
         };
         if expired(envelope.received_at, now, self.config.queue.max_age) {
             let reason = Reply::new(
@@ -238,6 +240,28 @@ impl Manager {
         };
         self.in_flight.insert(id, InFlight::default());
         pool.deliver(envelope);
+    }
+
+    /// Loads the envelope of a message this process did not just write (found at start-up,
+    /// or deferred) and checks its content against the checksum recorded at commit. Content
+    /// that does not match — a power loss kept the envelope but not all of the content — is
+    /// moved to `corrupt/` and never delivered.
+    fn load_verified(&self, id: QueueId) -> Result<Envelope, String> {
+        let envelope = self
+            .spool
+            .load_envelope(id)
+            .map_err(|e| format!("cannot load the envelope: {e}"))?;
+        let Err(e) = self.spool.verify_content(&envelope) else {
+            return Ok(envelope);
+        };
+        metrics::QUARANTINED.inc();
+        let moved = match self.spool.quarantine(id) {
+            Ok(paths) => format!("moved to {}", display_paths(&paths)),
+            Err(q) => format!("and could not be moved to corrupt/: {q}"),
+        };
+        Err(format!(
+            "the content does not match its envelope ({e}); {moved}"
+        ))
     }
 
     /// Applies an attempt's outcome, then any command that waited for it.
@@ -474,6 +498,15 @@ fn pending(envelope: &Envelope) -> impl Iterator<Item = (usize, &spool::Recipien
         .iter()
         .enumerate()
         .filter(|(_, r)| !r.state.is_final())
+}
+
+/// Paths for a log line, comma-separated.
+fn display_paths(paths: &[std::path::PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Runs a short blocking spool operation (file writes, fsync) without stalling other tasks.
