@@ -7,10 +7,12 @@
 //! DIR/queue/ID.env    envelope (TOML); its presence marks the message complete
 //! DIR/hold/ID.{msg,env}     held messages, same pair
 //! DIR/corrupt/        quarantined files; never deleted automatically
+//! DIR/free/           files of delivered messages kept for reuse; belong to no message
 //! ```
 //!
-//! A new message is written in place and made durable by its group commit's `syncfs` (the
-//! envelope, written last, marks it complete). Envelope rewrites go temp file → fsync → rename
+//! A new message is written in place (or into a file from `free/`, renamed into `queue/` at
+//! commit) and made durable by its group commit's `syncfs` (the envelope, written last, marks
+//! it complete; it records the content's size and CRC-32). Envelope rewrites go temp file → fsync → rename
 //! → fsync of the directory, the shape of chasquid's `safeio`. Every sync and rename passes
 //! through a [`FaultInjector`] first, so
 //! tests can fail any step with no test-only branch in this code. Group commit (`commit`) and

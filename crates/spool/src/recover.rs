@@ -11,10 +11,12 @@
 //! * an `.env` that does not parse, has an unknown version, names another id, lacks its
 //!   `.msg`, or records a size its `.msg` does not have → both files moved to `corrupt/`
 //!   and reported, never deleted;
-//! * anything else in `queue/` or `hold/` (a stray name) → moved to `corrupt/` and reported.
+//! * anything else in `queue/` or `hold/` (a stray name) → moved to `corrupt/` and reported;
+//! * `free/` is not scanned: its files belong to no message (the spool reuses them).
 //!
 //! Message bodies are never read, only their size is looked up, so start-up time grows with
-//! the number of envelopes, not with the bytes queued. Ordering the result by due time is the
+//! the number of envelopes, not with the bytes queued (the content checksum is checked later,
+//! before each such message's delivery: `Spool::verify_content`). Ordering the result by due time is the
 //! only scheduling done here.
 
 use std::collections::BTreeMap;
