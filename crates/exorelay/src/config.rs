@@ -187,6 +187,10 @@ pub struct QueueSettings {
     /// Below this much free space on the spool's file system, new mail is refused with
     /// `452 4.3.1` (at least 1.5 × the largest message, as Postfix does).
     pub min_free_space: u64,
+    /// Longest pause before a client may start a new message while more messages wait for
+    /// their first delivery attempt than the upstreams can take at once (Postfix's
+    /// `in_flow_delay`); zero turns the flow control off.
+    pub in_flow_delay: Duration,
 }
 
 /// Reads a configuration (or tenants) file, naming it in the error when it cannot be read.
@@ -441,6 +445,7 @@ impl Validator<'_> {
             max_age: raw.max_age.0,
             postmaster: raw.postmaster,
             min_free_space: raw.min_free_space.0,
+            in_flow_delay: raw.in_flow_delay.0,
         })
     }
 
@@ -627,6 +632,8 @@ struct RawQueue {
     postmaster: Option<String>,
     #[serde(default = "defaults::min_free_space")]
     min_free_space: Size,
+    #[serde(default = "defaults::in_flow_delay")]
+    in_flow_delay: Span,
 }
 
 /// Defaults, each documented in the example configuration.
@@ -689,6 +696,9 @@ mod defaults {
     }
     pub fn max_age() -> Span {
         Span(Duration::from_secs(5 * 24 * 60 * MINUTE))
+    }
+    pub fn in_flow_delay() -> Span {
+        Span(Duration::from_secs(1))
     }
 }
 

@@ -13,7 +13,7 @@ use smtp::{Output, Reply, Session, Transaction};
 use spool::{Durable, Envelope, MessageWriter, Spool};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout_at};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{ClientRule, Config};
 use crate::inbound::convert;
@@ -269,6 +269,16 @@ where
                 return Ok(Exit::StartTls);
             }
             Output::MessageBegin(transaction) => {
+                // The client waits for the reply to DATA (or its BDAT chunk is not read) while
+                // the queue is too far behind.
+                let paused = ctx.queue.admit().await;
+                if !paused.is_zero() {
+                    debug!(
+                        session = peer.session_id,
+                        ?paused,
+                        "in-flow delay: the queue drains slower than mail arrives"
+                    );
+                }
                 deadline = (Instant::now() + server.data_timeout).min(session_deadline);
                 open = begin_message(transaction, policy.take_preflight(), peer, ctx)
                     .inspect_err(|e| {

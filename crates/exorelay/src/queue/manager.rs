@@ -13,7 +13,7 @@ use std::time::Duration;
 use smtp::Reply;
 use smtp::client::TransactionOutcome;
 use spool::{Envelope, QueueId, RecipientState, Spool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -56,12 +56,33 @@ enum Event {
 #[derive(Clone)]
 pub struct QueueHandle {
     events: mpsc::UnboundedSender<Event>,
+    /// Messages waiting for their first attempt, as last published by the manager.
+    waiting: watch::Receiver<usize>,
+    /// Above this many waiting messages, [`QueueHandle::admit`] pauses new messages.
+    waiting_limit: usize,
+    in_flow_delay: Duration,
 }
 
 impl QueueHandle {
     /// Tells the manager about a message that is now durable.
     pub fn queued(&self, envelope: Envelope) {
         let _ = self.events.send(Event::Queued(Box::new(envelope)));
+    }
+
+    /// Flow control before a client's next message (Postfix's `in_flow_delay`): while more
+    /// messages wait for their first attempt than the upstream connections can take at once,
+    /// waits until the backlog drops below that, for at most `in_flow_delay`. Keeps the queue
+    /// from growing faster than it drains — mail keeps flowing, only as fast as it leaves.
+    /// Returns how long it waited.
+    pub async fn admit(&self) -> Duration {
+        if self.in_flow_delay.is_zero() || *self.waiting.borrow() < self.waiting_limit {
+            return Duration::ZERO;
+        }
+        let started = tokio::time::Instant::now();
+        let mut waiting = self.waiting.clone();
+        let limit = self.waiting_limit;
+        let _ = tokio::time::timeout(self.in_flow_delay, waiting.wait_for(|n| *n < limit)).await;
+        started.elapsed()
     }
 
     /// Runs an administrator's command; the text says what was done.
@@ -99,6 +120,8 @@ struct Manager {
     /// Deletes finished messages' files on its own thread, so the manager task never blocks
     /// on unlinks (one per delivered message).
     reaper: std::sync::mpsc::Sender<QueueId>,
+    /// Publishes how many fresh messages wait for their first attempt (for flow control).
+    waiting: watch::Sender<usize>,
 }
 
 /// Starts the thread that deletes finished messages from the spool.
@@ -141,8 +164,17 @@ pub fn start(
         })
         .collect();
     let connections: usize = routes.iter().map(|r| r.upstream.max_connections).sum();
+    let window = (connections * 8).max(64);
     let reaper = start_reaper(spool.clone())?;
+    let (waiting, waiting_rx) = watch::channel(0);
+    let handle = QueueHandle {
+        events,
+        waiting: waiting_rx,
+        waiting_limit: window,
+        in_flow_delay: config.queue.in_flow_delay,
+    };
     let manager = Manager {
+        waiting,
         reaper,
         spool,
         config,
@@ -150,11 +182,11 @@ pub fn start(
         pools,
         schedule: Schedule::default(),
         in_flight: HashMap::new(),
-        window: (connections * 8).max(64),
+        window,
         fresh: HashMap::new(),
     };
     tokio::spawn(manager.run(inbox, attempt_results));
-    Ok(QueueHandle { events })
+    Ok(handle)
 }
 
 impl Manager {
@@ -165,6 +197,9 @@ impl Manager {
     ) {
         loop {
             let wait = self.dispatch_due();
+            let waiting = self.fresh.len();
+            self.waiting
+                .send_if_modified(|published| std::mem::replace(published, waiting) != waiting);
             tokio::select! {
                 event = inbox.recv() => match event {
                     Some(Event::Queued(envelope)) => {
@@ -512,4 +547,59 @@ fn display_paths(paths: &[std::path::PathBuf]) -> String {
 /// Runs a short blocking spool operation (file writes, fsync) without stalling other tasks.
 fn blocking<T>(op: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handle whose backlog the test publishes itself, as the manager would.
+    fn handle(limit: usize, delay: Duration) -> (watch::Sender<usize>, QueueHandle) {
+        let (events, _inbox) = mpsc::unbounded_channel();
+        let (waiting, waiting_rx) = watch::channel(0);
+        let handle = QueueHandle {
+            events,
+            waiting: waiting_rx,
+            waiting_limit: limit,
+            in_flow_delay: delay,
+        };
+        (waiting, handle)
+    }
+
+    #[tokio::test]
+    async fn admit_passes_at_once_below_the_limit_or_when_turned_off() {
+        let (waiting, queue) = handle(80, Duration::from_secs(30));
+        waiting.send_replace(79);
+        assert_eq!(queue.admit().await, Duration::ZERO);
+        let (waiting, queue) = handle(80, Duration::ZERO);
+        waiting.send_replace(10_000);
+        assert_eq!(queue.admit().await, Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn admit_waits_until_the_backlog_drains_below_the_limit() {
+        let (waiting, queue) = handle(80, Duration::from_secs(30));
+        waiting.send_replace(200);
+        let drain = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waiting.send_replace(120);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waiting.send_replace(79);
+            waiting
+        });
+        let paused = queue.admit().await;
+        assert!(paused >= Duration::from_millis(100), "{paused:?}");
+        assert!(paused < Duration::from_secs(30), "{paused:?}");
+        drop(drain.await);
+    }
+
+    #[tokio::test]
+    async fn admit_gives_up_waiting_after_the_in_flow_delay() {
+        let (waiting, queue) = handle(80, Duration::from_millis(200));
+        waiting.send_replace(500);
+        let paused = queue.admit().await;
+        assert!(paused >= Duration::from_millis(200), "{paused:?}");
+        assert!(paused < Duration::from_secs(10), "{paused:?}");
+        drop(waiting);
+    }
 }
