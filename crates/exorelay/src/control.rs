@@ -93,7 +93,9 @@ impl Server {
                 let mut reader =
                     tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_LINE));
                 let answer = match reader.read_line(&mut line).await {
-                    Ok(_) if line.trim() == "metrics" => Ok(crate::metrics::render(&commits)),
+                    Ok(_) if line.trim() == "metrics" => {
+                        Ok(crate::metrics::render(&commits, queue.waiting()))
+                    }
                     Ok(_) => match parse(&line) {
                         Ok(command) => {
                             info!("control: {}", line.trim());

@@ -116,8 +116,9 @@ const ALL: [&Counter; 13] = [
 ];
 
 /// Every counter in the Prometheus text exposition format, followed by the spool's group
-/// commit counters (how many messages one sync covers: messages / batches).
-pub fn render(commits: &spool::CommitStats) -> String {
+/// commit counters (how many messages one sync covers: messages / batches) and the queue's
+/// backlog gauge (`waiting`: new messages waiting for their first attempt).
+pub fn render(commits: &spool::CommitStats, waiting: usize) -> String {
     let mut out = String::new();
     let spool = [
         (
@@ -142,6 +143,13 @@ pub fn render(commits: &spool::CommitStats) -> String {
         let _ = writeln!(out, "# TYPE {name} counter");
         let _ = writeln!(out, "{name} {value}");
     }
+    let name = "exorelay_queue_waiting_messages";
+    let _ = writeln!(
+        out,
+        "# HELP {name} New messages waiting for their first delivery attempt (flow control holds new mail back while this exceeds what the upstreams take at once)."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {waiting}");
     out
 }
 
@@ -152,13 +160,15 @@ mod tests {
     #[test]
     fn render_lists_every_counter_with_help() {
         DSNS.inc();
-        let text = render(&spool::CommitStats::default());
+        let text = render(&spool::CommitStats::default(), 42);
         for c in ALL {
             assert!(text.contains(&format!("# HELP {} ", c.name)));
             assert!(text.contains(&format!("# TYPE {} counter", c.name)));
         }
         assert!(DSNS.get() >= 1);
         assert!(text.contains("exorelay_spool_commit_batches_total 0"));
+        assert!(text.contains("# TYPE exorelay_queue_waiting_messages gauge"));
+        assert!(text.contains("\nexorelay_queue_waiting_messages 42\n"));
         assert!(
             text.lines()
                 .all(|l| l.starts_with('#') || l.split(' ').count() == 2)

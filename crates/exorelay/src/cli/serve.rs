@@ -51,7 +51,7 @@ fn recovered(dir: &Path, report: spool::RecoveryReport, queue: &manager::QueueHa
         dir.display()
     );
     for envelope in report.queued {
-        queue.queued(envelope);
+        queue.recovered(envelope);
     }
 }
 

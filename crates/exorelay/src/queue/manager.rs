@@ -45,6 +45,9 @@ pub enum Command {
 enum Event {
     /// A message was committed to the spool.
     Queued(Box<Envelope>),
+    /// The start-up scan found a message (due now or later): only scheduled, so old mail
+    /// waiting for its retry time does not count as backlog for flow control.
+    Recovered(Box<Envelope>),
     /// An administrator's command, answered on `reply`.
     Command {
         command: Command,
@@ -67,6 +70,16 @@ impl QueueHandle {
     /// Tells the manager about a message that is now durable.
     pub fn queued(&self, envelope: Envelope) {
         let _ = self.events.send(Event::Queued(Box::new(envelope)));
+    }
+
+    /// Tells the manager about a message found by the start-up scan.
+    pub fn recovered(&self, envelope: Envelope) {
+        let _ = self.events.send(Event::Recovered(Box::new(envelope)));
+    }
+
+    /// New messages waiting for their first attempt (the backlog flow control watches).
+    pub fn waiting(&self) -> usize {
+        *self.waiting.borrow()
     }
 
     /// Flow control before a client's next message (Postfix's `in_flow_delay`): while more
@@ -207,6 +220,9 @@ impl Manager {
                         if self.fresh.len() < FRESH_ENVELOPES {
                             self.fresh.insert(envelope.id, *envelope);
                         }
+                    }
+                    Some(Event::Recovered(envelope)) => {
+                        self.schedule.insert(envelope.id, envelope.next_attempt);
                     }
                     Some(Event::Command { command, reply }) => {
                         let _ = reply.send(self.command(command));
