@@ -123,7 +123,7 @@ pub fn render(commits: &spool::CommitStats, waiting: usize) -> String {
     let spool = [
         (
             "exorelay_spool_commit_batches_total",
-            "Group commits (one directory sync each).",
+            "Group commits (one syncfs each).",
             commits.batches,
         ),
         (

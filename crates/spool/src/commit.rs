@@ -187,10 +187,10 @@ impl Pending {
 }
 
 /// Counters of the group committer, for metrics and for the benchmark that reports how many
-/// messages one directory sync covers.
+/// messages one `syncfs` covers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
-    /// Batches processed (each ends in one fsync of `queue/`).
+    /// Batches processed (each made durable by one `syncfs`).
     pub batches: u64,
     /// Messages processed in those batches, committed or failed.
     pub messages: u64,

@@ -31,7 +31,7 @@ pub struct SpoolOptions {
     /// fsync files and directories. `true` in production: without it a 250 does not mean the
     /// message survives a power cut. Tests may turn it off for speed.
     pub sync: bool,
-    /// Most messages one group commit (one directory fsync) carries, e.g. 256.
+    /// Most messages one group commit (one `syncfs`) carries, e.g. 256.
     pub max_batch: usize,
     /// Most files of delivered messages kept in `free/` for reuse by new ones (0: none);
     /// see the `recycle` module for why.
