@@ -777,6 +777,51 @@ fn max_batch_caps_a_batch() {
 }
 
 /// Fails the first step that matches.
+/// The same with the pool in `free/` primed, so the commit takes the reuse path (content and
+/// envelope renamed from `free/` into `queue/`): a failure at any of its steps leaves nothing
+/// in `queue/`, and the spool goes on working.
+#[test]
+fn a_failed_commit_into_reused_files_never_leaves_a_file_in_queue() {
+    for which in ["rename msg", "rename env", "batch", "syncfs"] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (spool, _) = Spool::open(dir.path(), fast()).unwrap();
+            let earlier = store(&spool, b"delivered earlier");
+            spool.remove(earlier.id).unwrap();
+        }
+        let faults = Arc::new(FailAt {
+            which,
+            fired: AtomicBool::new(false),
+        });
+        let (spool, _) =
+            Spool::open_with_faults(dir.path(), durable_options(), faults.clone()).unwrap();
+        assert_eq!(spool.recyclable_files(), 2, "{which}: the pool is primed");
+        let mut writer = spool.create().unwrap();
+        writer.write_all(b"doomed").unwrap();
+        let env = envelope(writer.id());
+        let result = spool.commit(writer, env).wait();
+        assert!(
+            faults.fired.load(Ordering::SeqCst),
+            "{which}: fault never reached"
+        );
+        match result {
+            Err(e) => assert!(e.to_string().contains("injected failure"), "{which}: {e}"),
+            Ok(d) => panic!("{which}: committed {:?} despite the failure", d.id()),
+        }
+        assert!(
+            files(dir.path(), "queue").is_empty(),
+            "{which}: {:?}",
+            files(dir.path(), "queue")
+        );
+
+        let good = store(&spool, b"fine");
+        drop(spool);
+        let (_spool, report) = Spool::open(dir.path(), fast()).unwrap();
+        assert_eq!(report.queued, vec![good], "{which}");
+        assert!(report.quarantined.is_empty(), "{which}");
+    }
+}
+
 #[derive(Debug)]
 struct FailAt {
     which: &'static str,
