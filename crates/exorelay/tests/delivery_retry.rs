@@ -352,8 +352,8 @@ fn rcpt_5xx_fails_with_a_dsn_to_the_sender_and_none_for_null_sender() {
 
 /// A deferred message whose content no longer matches the checksum its envelope recorded at
 /// commit (what a power loss can leave when the envelope reached the disk and the content did
-/// not) is moved to `corrupt/` at its next attempt and never delivered; the intact message
-/// next to it is.
+/// not), and one whose envelope no longer parses, are moved to `corrupt/` at their next attempt
+/// and never delivered; the intact message next to them is.
 #[test]
 fn content_changed_on_disk_is_quarantined_not_delivered() {
     let mut fake = FakeUpstream::builder().start();
@@ -367,12 +367,25 @@ fn content_changed_on_disk_is_quarantined_not_delivered() {
         "<tampered@test>",
         "payroll",
     );
+    let damaged = send(
+        &mut c,
+        FROM,
+        &["c@example.net"],
+        "<damaged@test>",
+        "damaged",
+    );
     send(&mut c, FROM, &["b@example.net"], "<intact@test>", "intact");
     c.expect("QUIT", "221");
-    common::wait_until_for("both messages deferred", LIMIT, || {
+    common::wait_until_for("the messages deferred", LIMIT, || {
         let entries = common::spool_entries(&relay.spool);
-        entries.len() == 2 && entries.iter().all(|(e, _)| e.attempts >= 1)
+        entries.len() == 3 && entries.iter().all(|(e, _)| e.attempts >= 1)
     });
+    // An envelope that no longer parses.
+    std::fs::write(
+        relay.spool.join(format!("queue/{damaged}.env")),
+        "version = 1\nrecipients = [",
+    )
+    .unwrap();
 
     // Same length, other bytes.
     let path = relay.spool.join(format!("queue/{tampered}.msg"));
@@ -384,10 +397,15 @@ fn content_changed_on_disk_is_quarantined_not_delivered() {
 
     fake.restart();
     fake.wait_for("the intact message", LIMIT, |m| m.len() == 1);
-    let quarantined = relay.spool.join(format!("corrupt/{tampered}.msg"));
-    common::wait_until_for("the tampered message in corrupt/", LIMIT, || {
-        quarantined.exists()
-    });
+    let quarantined = [
+        relay.spool.join(format!("corrupt/{tampered}.msg")),
+        relay.spool.join(format!("corrupt/{damaged}.env")),
+    ];
+    common::wait_until_for(
+        "the tampered and damaged messages in corrupt/",
+        LIMIT,
+        || quarantined.iter().all(|p| p.exists()),
+    );
     wait_for_empty_spool(&relay);
     let delivered: Vec<String> = fake
         .messages()

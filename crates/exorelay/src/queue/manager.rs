@@ -152,6 +152,20 @@ fn start_reaper(spool: Spool) -> std::io::Result<std::sync::mpsc::Sender<QueueId
     Ok(sender)
 }
 
+/// Why a queued message cannot be delivered now.
+enum Unusable {
+    /// Its files are gone (deleted meanwhile): nothing to do.
+    Gone,
+    /// Its content failed the checksum or its envelope is damaged; moved to `corrupt/` (the
+    /// text says where).
+    Quarantined(String),
+    /// Reading it failed; worth another try later.
+    Unreadable(String),
+}
+
+/// Seconds before a message whose files could not be read is tried again.
+const UNREADABLE_RETRY_SECS: u64 = 60;
+
 /// Most envelopes kept in memory for first attempts.
 const FRESH_ENVELOPES: usize = 10_000;
 
@@ -258,8 +272,14 @@ impl Manager {
             Some(envelope) => envelope,
             None => match blocking(|| self.load_verified(id)) {
                 Ok(envelope) => envelope,
-                Err(e) => {
+                Err(Unusable::Gone) => return,
+                Err(Unusable::Quarantined(e)) => {
                     warn!(%id, "not delivering: {e}");
+                    return;
+                }
+                Err(Unusable::Unreadable(e)) => {
+                    warn!(%id, "not delivering now, trying again in {UNREADABLE_RETRY_SECS} s: {e}");
+                    self.schedule.insert(id, now + UNREADABLE_RETRY_SECS);
                     return;
                 }
             },
@@ -295,24 +315,31 @@ impl Manager {
 
     /// Loads the envelope of a message this process did not just write (found at start-up,
     /// or deferred) and checks its content against the checksum recorded at commit. Content
-    /// that does not match — a power loss kept the envelope but not all of the content — is
-    /// moved to `corrupt/` and never delivered.
-    fn load_verified(&self, id: QueueId) -> Result<Envelope, String> {
-        let envelope = self
+    /// that does not match — a power loss kept the envelope but not all of the content — and
+    /// an envelope that no longer parses are moved to `corrupt/`, never delivered.
+    fn load_verified(&self, id: QueueId) -> Result<Envelope, Unusable> {
+        let checked = self
             .spool
             .load_envelope(id)
-            .map_err(|e| format!("cannot load the envelope: {e}"))?;
-        let Err(e) = self.spool.verify_content(&envelope) else {
-            return Ok(envelope);
+            .and_then(|envelope| self.spool.verify_content(&envelope).map(|()| envelope));
+        let error = match checked {
+            Ok(envelope) => return Ok(envelope),
+            Err(spool::Error::NotFound { .. }) => return Err(Unusable::Gone),
+            Err(
+                e @ (spool::Error::Inconsistent { .. }
+                | spool::Error::Parse { .. }
+                | spool::Error::UnsupportedVersion { .. }),
+            ) => e,
+            Err(e) => return Err(Unusable::Unreadable(e.to_string())),
         };
         metrics::QUARANTINED.inc();
         let moved = match self.spool.quarantine(id) {
             Ok(paths) => format!("moved to {}", display_paths(&paths)),
             Err(q) => format!("and could not be moved to corrupt/: {q}"),
         };
-        Err(format!(
-            "the content does not match its envelope ({e}); {moved}"
-        ))
+        Err(Unusable::Quarantined(format!(
+            "the content does not match its envelope ({error}); {moved}"
+        )))
     }
 
     /// Applies an attempt's outcome, then any command that waited for it.
