@@ -746,7 +746,12 @@ impl fmt::Display for Config {
                 t.connectors.len()
             )?;
         }
-        write!(f, "  queue: dir={}", self.queue.dir.display())
+        write!(
+            f,
+            "  queue: dir={} in_flow_delay={}",
+            self.queue.dir.display(),
+            humantime::format_duration(self.queue.in_flow_delay)
+        )
     }
 }
 
