@@ -796,23 +796,7 @@ fn a_failed_commit_into_reused_files_never_leaves_a_file_in_queue() {
         let (spool, _) =
             Spool::open_with_faults(dir.path(), durable_options(), faults.clone()).unwrap();
         assert_eq!(spool.recyclable_files(), 2, "{which}: the pool is primed");
-        let mut writer = spool.create().unwrap();
-        writer.write_all(b"doomed").unwrap();
-        let env = envelope(writer.id());
-        let result = spool.commit(writer, env).wait();
-        assert!(
-            faults.fired.load(Ordering::SeqCst),
-            "{which}: fault never reached"
-        );
-        match result {
-            Err(e) => assert!(e.to_string().contains("injected failure"), "{which}: {e}"),
-            Ok(d) => panic!("{which}: committed {:?} despite the failure", d.id()),
-        }
-        assert!(
-            files(dir.path(), "queue").is_empty(),
-            "{which}: {:?}",
-            files(dir.path(), "queue")
-        );
+        commit_fails_and_leaves_queue_empty(&spool, &faults, dir.path());
 
         let good = store(&spool, b"fine");
         drop(spool);
@@ -820,6 +804,29 @@ fn a_failed_commit_into_reused_files_never_leaves_a_file_in_queue() {
         assert_eq!(report.queued, vec![good], "{which}");
         assert!(report.quarantined.is_empty(), "{which}");
     }
+}
+
+/// Commits one message through `spool`, whose `faults` fail one step: the commit must fail
+/// with the injected error and leave nothing in `queue/`.
+fn commit_fails_and_leaves_queue_empty(spool: &Spool, faults: &FailAt, dir: &Path) {
+    let which = faults.which;
+    let mut writer = spool.create().unwrap();
+    writer.write_all(b"doomed").unwrap();
+    let env = envelope(writer.id());
+    let result = spool.commit(writer, env).wait();
+    assert!(
+        faults.fired.load(Ordering::SeqCst),
+        "{which}: fault never reached"
+    );
+    match result {
+        Err(e) => assert!(e.to_string().contains("injected failure"), "{which}: {e}"),
+        Ok(d) => panic!("{which}: committed {:?} despite the failure", d.id()),
+    }
+    assert!(
+        files(dir, "queue").is_empty(),
+        "{which}: {:?}",
+        files(dir, "queue")
+    );
 }
 
 #[derive(Debug)]
@@ -859,23 +866,7 @@ fn a_failed_commit_never_leaves_a_file_in_queue() {
         });
         let (spool, _) =
             Spool::open_with_faults(dir.path(), durable_options(), faults.clone()).unwrap();
-        let mut writer = spool.create().unwrap();
-        writer.write_all(b"doomed").unwrap();
-        let env = envelope(writer.id());
-        let result = spool.commit(writer, env).wait();
-        assert!(
-            faults.fired.load(Ordering::SeqCst),
-            "{which}: fault never reached"
-        );
-        match result {
-            Err(e) => assert!(e.to_string().contains("injected failure"), "{which}: {e}"),
-            Ok(d) => panic!("{which}: committed {:?} despite the failure", d.id()),
-        }
-        assert!(
-            files(dir.path(), "queue").is_empty(),
-            "{which}: {:?}",
-            files(dir.path(), "queue")
-        );
+        commit_fails_and_leaves_queue_empty(&spool, &faults, dir.path());
         assert!(
             files(dir.path(), "tmp").is_empty(),
             "{which}: {:?}",
