@@ -212,32 +212,47 @@ impl Config {
 
     /// Validates configuration text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw = deserialize(text, path)?;
+        let raw: RawConfig = deserialize(text, path)?;
         Validator { text, path }.config(raw)
     }
 }
 
-fn deserialize(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
-    let located = |field: String, span: Option<std::ops::Range<usize>>, message: &str| {
+impl ConfigError {
+    /// An error about `field` at byte range `span` of the file `path` whose text is `text`;
+    /// without a span it points at the start of the file.
+    pub(crate) fn at(
+        path: &Path,
+        text: &str,
+        field: impl Into<String>,
+        span: Option<std::ops::Range<usize>>,
+        message: &str,
+    ) -> ConfigError {
         let (line, column) = span.map_or((1, 1), |s| line_and_column(text, s.start));
         ConfigError {
             file: path.to_path_buf(),
             line,
             column,
-            field,
-            message: message.trim().to_string(),
+            field: field.into(),
+            message: message.trim().to_owned(),
         }
-    };
+    }
+}
+
+/// Reads TOML `text` into `T`; the error names the first offending field and its position.
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+) -> Result<T, ConfigError> {
     let deserializer = toml::Deserializer::parse(text)
-        .map_err(|e| located("(syntax)".into(), e.span(), e.message()))?;
+        .map_err(|e| ConfigError::at(path, text, "(syntax)", e.span(), e.message()))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let field = crate::tenants::clean_path(&e.path().to_string());
         let inner = e.into_inner();
-        located(field, inner.span(), inner.message())
+        ConfigError::at(path, text, field, inner.span(), inner.message())
     })
 }
 
-pub(crate) fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before
@@ -255,14 +270,7 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error(&self, field: &str, span: std::ops::Range<usize>, message: String) -> ConfigError {
-        let (line, column) = line_and_column(self.text, span.start);
-        ConfigError {
-            file: self.path.to_path_buf(),
-            line,
-            column,
-            field: field.to_string(),
-            message,
-        }
+        ConfigError::at(self.path, self.text, field, Some(span), &message)
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {

@@ -31,7 +31,7 @@ use attribution::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{ConfigError, line_and_column};
+use crate::config::ConfigError;
 
 /// The `[tenant.*]` tables as written, before validation; part of the relay's raw
 /// configuration and the whole of a tenants file.
@@ -325,36 +325,22 @@ pub fn load(path: &Path) -> Result<World, ConfigError> {
 
 /// Parses the text of a tenants file or relay configuration; see [`load`].
 pub fn parse(text: &str, path: &Path) -> Result<World, ConfigError> {
-    let located = |field: String, span: Option<Range<usize>>, message: &str| {
-        let (line, column) = span.map_or((1, 1), |s| line_and_column(text, s.start));
-        ConfigError {
-            file: path.to_path_buf(),
-            line,
-            column,
-            field,
-            message: message.trim().to_owned(),
-        }
-    };
     let is_relay_config = text
         .parse::<toml::Table>()
         .is_ok_and(|table| table.contains_key("server"));
     if is_relay_config {
         return crate::config::Config::parse(text, path).map(|config| config.tenants);
     }
-    let deserializer = toml::Deserializer::parse(text)
-        .map_err(|e| located("(syntax)".into(), e.span(), e.message()))?;
-    let raw: RawTenantsFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let field = clean_path(&e.path().to_string());
-        let inner = e.into_inner();
-        located(field, inner.span(), inner.message())
-    })?;
+    let raw: RawTenantsFile = crate::config::deserialize(text, path)?;
     let world = raw
         .tenant
         .into_world()
-        .map_err(|e| located(e.field, Some(e.span), &e.message))?;
+        .map_err(|e| ConfigError::at(path, text, e.field, Some(e.span), &e.message))?;
     if world.tenants.is_empty() {
-        return Err(located(
-            "tenant".into(),
+        return Err(ConfigError::at(
+            path,
+            text,
+            "tenant",
             None,
             "no [tenant.<id>] table: describe at least one tenant",
         ));
