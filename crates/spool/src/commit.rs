@@ -434,15 +434,15 @@ fn write_envelope_file(
         guard.disarm();
         return Ok(file);
     };
-    let Recycled { file, path: from } = recycled;
+    let Recycled {
+        file,
+        path: from,
+        length: old_length,
+    } = recycled;
     let guard = RemoveOnDrop::new(from.clone());
     let length = text.len() as u64;
     // Should the new length not reach the disk before a crash, the old text's tail reads as
     // blank lines, which TOML ignores.
-    let old_length = file
-        .metadata()
-        .map_err(|e| Error::io("stat", &from, e))?
-        .len();
     text.resize(
         usize::try_from(old_length.max(length)).unwrap_or(text.len()),
         b'\n',

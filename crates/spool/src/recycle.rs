@@ -31,7 +31,8 @@ pub(crate) const RECYCLE_MAX_BYTES: u64 = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct FreeFiles {
     dir: PathBuf,
-    files: Mutex<Vec<PathBuf>>,
+    /// Each file with its length when it entered the pool.
+    files: Mutex<Vec<(PathBuf, u64)>>,
     limit: usize,
 }
 
@@ -40,6 +41,8 @@ pub(crate) struct FreeFiles {
 pub(crate) struct Recycled {
     pub(crate) file: File,
     pub(crate) path: PathBuf,
+    /// Its length, i.e. the old content still in it.
+    pub(crate) length: u64,
 }
 
 impl FreeFiles {
@@ -51,10 +54,9 @@ impl FreeFiles {
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("list", dir, e))?;
             let path = entry.path();
-            if files.len() < limit && entry.file_type().is_ok_and(|t| t.is_file()) {
-                files.push(path);
-            } else {
-                disk::remove_file(&path)?;
+            match entry.metadata() {
+                Ok(meta) if files.len() < limit && meta.is_file() => files.push((path, meta.len())),
+                _ => disk::remove_file(&path)?,
             }
         }
         Ok(FreeFiles {
@@ -68,9 +70,9 @@ impl FreeFiles {
     /// is empty, or the file could not be opened (it is then removed and forgotten).
     pub(crate) fn take(&self) -> Option<Recycled> {
         loop {
-            let path = self.lock().pop()?;
+            let (path, length) = self.lock().pop()?;
             match OpenOptions::new().write(true).open(&path) {
-                Ok(file) => return Some(Recycled { file, path }),
+                Ok(file) => return Some(Recycled { file, path, length }),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot reuse a free spool file; removing it");
                     let _ = disk::remove_file(&path);
@@ -99,7 +101,7 @@ impl FreeFiles {
         let dest = self.dir.join(name);
         match std::fs::rename(path, &dest) {
             Ok(()) => {
-                files.push(dest);
+                files.push((dest, size));
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -112,7 +114,7 @@ impl FreeFiles {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PathBuf, u64)>> {
         // The list is only pushed to and popped from; a panic elsewhere cannot leave it
         // half-changed, so poisoning is ignored.
         self.files.lock().unwrap_or_else(PoisonError::into_inner)
