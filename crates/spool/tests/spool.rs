@@ -214,23 +214,30 @@ fn assert_quarantined(dir: &Path, report: &spool::RecoveryReport, moved: &[PathB
     assert!(files(dir, "queue").is_empty(), "{:?}", files(dir, "queue"));
 }
 
+/// Reopens the spool at `dir` and checks that message `id`'s envelope and content were both
+/// moved to `corrupt/` for `reason`.
+fn reopen_expecting_both_quarantined(dir: &Path, id: QueueId, reason: &str) {
+    let (_spool, report) = Spool::open(dir, fast()).unwrap();
+    let corrupt = dir.join("corrupt");
+    assert_quarantined(
+        dir,
+        &report,
+        &[
+            corrupt.join(format!("{id}.env")),
+            corrupt.join(format!("{id}.msg")),
+        ],
+        reason,
+    );
+}
+
 #[test]
 fn garbage_envelope_is_quarantined_with_its_content() {
     let dir = tempfile::tempdir().unwrap();
     let id = damaged(dir.path(), |d, id| {
         fs::write(d.join(format!("queue/{id}.env")), "this is { not toml").unwrap();
     });
-    let (_spool, report) = Spool::open(dir.path(), fast()).unwrap();
+    reopen_expecting_both_quarantined(dir.path(), id, "does not parse");
     let corrupt = dir.path().join("corrupt");
-    assert_quarantined(
-        dir.path(),
-        &report,
-        &[
-            corrupt.join(format!("{id}.env")),
-            corrupt.join(format!("{id}.msg")),
-        ],
-        "does not parse",
-    );
     // Kept, byte for byte, for the operator.
     assert_eq!(
         fs::read(corrupt.join(format!("{id}.msg"))).unwrap(),
@@ -248,17 +255,7 @@ fn non_utf8_envelope_is_quarantined() {
     let id = damaged(dir.path(), |d, id| {
         fs::write(d.join(format!("queue/{id}.env")), b"version = 1\n\xff\xfe").unwrap();
     });
-    let (_spool, report) = Spool::open(dir.path(), fast()).unwrap();
-    let corrupt = dir.path().join("corrupt");
-    assert_quarantined(
-        dir.path(),
-        &report,
-        &[
-            corrupt.join(format!("{id}.env")),
-            corrupt.join(format!("{id}.msg")),
-        ],
-        "UTF-8",
-    );
+    reopen_expecting_both_quarantined(dir.path(), id, "UTF-8");
 }
 
 #[test]
@@ -269,17 +266,7 @@ fn unknown_envelope_version_is_quarantined() {
         let text = fs::read_to_string(&path).unwrap();
         fs::write(&path, text.replace("version = 1\n", "version = 99\n")).unwrap();
     });
-    let (_spool, report) = Spool::open(dir.path(), fast()).unwrap();
-    let corrupt = dir.path().join("corrupt");
-    assert_quarantined(
-        dir.path(),
-        &report,
-        &[
-            corrupt.join(format!("{id}.env")),
-            corrupt.join(format!("{id}.msg")),
-        ],
-        "unsupported version 99",
-    );
+    reopen_expecting_both_quarantined(dir.path(), id, "unsupported version 99");
 }
 
 #[test]
@@ -303,17 +290,7 @@ fn truncated_content_is_quarantined() {
     let id = damaged(dir.path(), |d, id| {
         fs::write(d.join(format!("queue/{id}.msg")), b"cont").unwrap();
     });
-    let (_spool, report) = Spool::open(dir.path(), fast()).unwrap();
-    let corrupt = dir.path().join("corrupt");
-    assert_quarantined(
-        dir.path(),
-        &report,
-        &[
-            corrupt.join(format!("{id}.env")),
-            corrupt.join(format!("{id}.msg")),
-        ],
-        "content is 4 bytes, envelope says 7",
-    );
+    reopen_expecting_both_quarantined(dir.path(), id, "content is 4 bytes, envelope says 7");
 }
 
 #[test]
@@ -325,17 +302,7 @@ fn envelope_naming_another_id_is_quarantined() {
         let other = QueueId::generate();
         fs::write(&path, text.replace(&id.to_string(), &other.to_string())).unwrap();
     });
-    let (_spool, report) = Spool::open(dir.path(), fast()).unwrap();
-    let corrupt = dir.path().join("corrupt");
-    assert_quarantined(
-        dir.path(),
-        &report,
-        &[
-            corrupt.join(format!("{id}.env")),
-            corrupt.join(format!("{id}.msg")),
-        ],
-        "but the file is named",
-    );
+    reopen_expecting_both_quarantined(dir.path(), id, "but the file is named");
 }
 
 #[test]
