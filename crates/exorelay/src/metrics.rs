@@ -123,8 +123,18 @@ pub fn render(commits: &spool::CommitStats, waiting: usize) -> String {
     let spool = [
         (
             "exorelay_spool_commit_batches_total",
-            "Group commits (one syncfs each).",
+            "Group commits (one sync each).",
             commits.batches,
+        ),
+        (
+            "exorelay_spool_journal_syncs_total",
+            "Group commits made durable by one fdatasync of the commit journal.",
+            commits.journal_syncs,
+        ),
+        (
+            "exorelay_spool_filesystem_syncs_total",
+            "syncfs calls: group commits holding a message too large for the journal, and journal checkpoints.",
+            commits.filesystem_syncs,
         ),
         (
             "exorelay_spool_commit_messages_total",
@@ -167,6 +177,8 @@ mod tests {
         }
         assert!(DSNS.get() >= 1);
         assert!(text.contains("exorelay_spool_commit_batches_total 0"));
+        assert!(text.contains("exorelay_spool_journal_syncs_total 0"));
+        assert!(text.contains("exorelay_spool_filesystem_syncs_total 0"));
         assert!(text.contains("# TYPE exorelay_queue_waiting_messages gauge"));
         assert!(text.contains("\nexorelay_queue_waiting_messages 42\n"));
         assert!(

@@ -5,10 +5,11 @@
 //! bounded buffer), then calls `Spool::commit`, which writes `queue/ID.env` — the envelope is
 //! written last, and a `.msg` without its `.env` is an incomplete write that recovery removes —
 //! and hands both files to the committer thread. The committer takes every request waiting (up
-//! to `max_batch`), makes the whole batch durable with **one** `syncfs(2)` (file data,
-//! metadata and directory entries: one journal commit whatever the batch size), and only then
-//! answers each waiter with a [`Durable`]. No rename and no separate directory sync: a single
-//! message costs one journal commit, and concurrent messages share it.
+//! to `max_batch`), makes the whole batch durable with **one** sync, and only then answers
+//! each waiter with a [`Durable`]: when every message of the batch is small, one `fdatasync`
+//! of the commit journal holding their records (see the `journal` module); otherwise one
+//! `syncfs(2)` (file data, metadata and directory entries of the whole file system). Either
+//! way concurrent messages share the sync.
 //!
 //! `Durable` has a private field and is built only here, after that sync; the daemon's
 //! function that writes the 250 takes one, so "250 means durable" is checked by the compiler.
@@ -31,6 +32,7 @@ use tokio::sync::oneshot;
 
 use crate::disk::{self, Disk, ENV_EXT, Layout, MSG_EXT, RemoveOnDrop, Step};
 use crate::envelope::ENVELOPE_VERSION;
+use crate::journal::{self, JOURNAL_CONTENT_MAX, Journal};
 use crate::recycle::{FreeFiles, Recycled};
 use crate::{Envelope, Error, QueueId};
 
@@ -38,8 +40,8 @@ use crate::{Envelope, Error, QueueId};
 /// so a 35 MiB message never sits in memory.
 pub const WRITE_BUFFER: usize = 64 * 1024;
 
-/// Proof that a message is on disk: content and envelope fsync'd, renamed into `queue/`, and
-/// `queue/` fsync'd. Only the spool can make one.
+/// Proof that a message is on disk: its record in the commit journal synced, or its content
+/// and envelope files in `queue/` synced by a `syncfs`. Only the spool can make one.
 #[derive(Debug)]
 #[must_use = "a Durable is the licence to answer 250; dropping it answers nothing"]
 pub struct Durable {
@@ -76,17 +78,21 @@ pub struct MessageWriter {
     checksum: crc32fast::Hasher,
     /// Whether `path` is a recycled file in `free/`, to be cut to length and renamed at commit.
     recycled: bool,
+    /// A copy of the content for the commit journal, while it is at most
+    /// [`JOURNAL_CONTENT_MAX`] bytes (`None` beyond that, or when the spool does not journal).
+    copy: Option<Vec<u8>>,
     /// Removes `path` when the writer is dropped; taken over by the commit.
     guard: Option<RemoveOnDrop>,
 }
 
 impl MessageWriter {
     /// Starts the content of the new message `id`: in `recycled` when the pool had a file,
-    /// else in a new `queue_dir/ID.msg`.
+    /// else in a new `queue_dir/ID.msg`; `journaled` keeps a copy for the commit journal.
     pub(crate) fn create(
         queue_dir: &Path,
         id: QueueId,
         recycled: Option<Recycled>,
+        journaled: bool,
     ) -> Result<MessageWriter, Error> {
         let (path, file, recycled) = match recycled {
             Some(r) => (r.path, r.file, true),
@@ -104,6 +110,7 @@ impl MessageWriter {
             written: 0,
             checksum: crc32fast::Hasher::new(),
             recycled,
+            copy: journaled.then(Vec::new),
         })
     }
 
@@ -135,7 +142,15 @@ impl Write for MessageWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.out()?.write(buf)?;
         self.written += n as u64;
-        self.checksum.update(buf.get(..n).unwrap_or(buf));
+        let written = buf.get(..n).unwrap_or(buf);
+        self.checksum.update(written);
+        if let Some(copy) = &mut self.copy {
+            if copy.len() + written.len() <= JOURNAL_CONTENT_MAX {
+                copy.extend_from_slice(written);
+            } else {
+                self.copy = None;
+            }
+        }
         Ok(n)
     }
 
@@ -160,6 +175,8 @@ impl Drop for MessageWriter {
 /// `.msg`, which start-up treats as incomplete).
 struct Pending {
     envelope: Envelope,
+    /// Envelope text and content for the journal record (`None`: too large to journal).
+    record: Option<(Vec<u8>, Vec<u8>)>,
     env_file: Option<File>,
     msg_file: Option<File>,
     env_guard: Option<RemoveOnDrop>,
@@ -187,11 +204,15 @@ impl Pending {
 }
 
 /// Counters of the group committer, for metrics and for the benchmark that reports how many
-/// messages one `syncfs` covers.
+/// messages one sync covers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
-    /// Batches processed (each made durable by one `syncfs`).
+    /// Batches processed (each made durable by one sync).
     pub batches: u64,
+    /// Batches made durable by an `fdatasync` of the commit journal.
+    pub journal_syncs: u64,
+    /// `syncfs` calls: batches with a message too large for the journal, plus checkpoints.
+    pub filesystem_syncs: u64,
     /// Messages processed in those batches, committed or failed.
     pub messages: u64,
     /// The largest batch so far.
@@ -203,6 +224,8 @@ pub struct CommitStats {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     batches: AtomicU64,
+    journal_syncs: AtomicU64,
+    filesystem_syncs: AtomicU64,
     messages: AtomicU64,
     largest_batch: AtomicU64,
     failed: AtomicU64,
@@ -212,6 +235,8 @@ impl Stats {
     pub(crate) fn snapshot(&self) -> CommitStats {
         CommitStats {
             batches: self.batches.load(Ordering::Relaxed),
+            journal_syncs: self.journal_syncs.load(Ordering::Relaxed),
+            filesystem_syncs: self.filesystem_syncs.load(Ordering::Relaxed),
             messages: self.messages.load(Ordering::Relaxed),
             largest_batch: self.largest_batch.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
@@ -277,22 +302,26 @@ impl Future for CommitHandle {
 /// The sending side of the committer, owned by the `Spool`.
 #[derive(Debug)]
 pub(crate) struct Committer {
-    sender: Option<mpsc::Sender<Pending>>,
+    sender: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
     stats: Arc<Stats>,
     root: PathBuf,
 }
 
 impl Committer {
-    /// Starts the committer thread.
-    pub(crate) fn start(disk: Disk, max_batch: usize) -> Result<Committer, Error> {
+    /// Starts the committer thread; with a `journal`, small messages are committed into it.
+    pub(crate) fn start(
+        disk: Disk,
+        max_batch: usize,
+        journal: Option<Journal>,
+    ) -> Result<Committer, Error> {
         let (sender, receiver) = mpsc::channel();
         let stats = Arc::new(Stats::default());
         let root = disk.layout.root.clone();
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || run(&disk, &receiver, max_batch.max(1), &thread_stats))
+            .spawn(move || run(&disk, &receiver, max_batch.max(1), &thread_stats, journal))
             .map_err(|e| Error::io("start committer thread for", &root, e))?;
         Ok(Committer {
             sender: Some(sender),
@@ -306,13 +335,22 @@ impl Committer {
         self.stats.snapshot()
     }
 
+    /// Notes in the journal that message `id` left `queue/`, so that replay after a crash does
+    /// not bring it back. Written with the next batch (or at once when the committer is idle),
+    /// without a sync of its own.
+    pub(crate) fn removed(&self, id: QueueId) {
+        if let Some(sender) = &self.sender {
+            let _ = sender.send(Job::Removed(id));
+        }
+    }
+
     /// Finishes the content file (in `queue/`), writes the envelope next to it and queues
     /// both for the committer.
     pub(crate) fn submit(
         &self,
         disk: &Disk,
         free: &FreeFiles,
-        writer: MessageWriter,
+        mut writer: MessageWriter,
         mut envelope: Envelope,
     ) -> CommitHandle {
         let queued_env = Layout::file(&disk.layout.queue, writer.id, ENV_EXT);
@@ -331,11 +369,16 @@ impl Committer {
         envelope.content_crc32 = Some(writer.checksum.clone().finalize());
         envelope.version = ENVELOPE_VERSION;
 
+        let text = match envelope.to_toml(&queued_env) {
+            Ok(text) => text.into_bytes(),
+            Err(error) => return CommitHandle::failed(error, &self.root),
+        };
+        let content_copy = writer.copy.take();
         let (msg_file, msg_guard) = match finish_content(disk, writer) {
             Ok(finished) => finished,
             Err(error) => return CommitHandle::failed(error, &self.root),
         };
-        let env_file = match write_envelope_file(disk, &envelope, &queued_env, free) {
+        let env_file = match write_envelope_file(disk, &text, &queued_env, free) {
             Ok(file) => file,
             Err(error) => {
                 drop(msg_guard);
@@ -346,6 +389,7 @@ impl Committer {
         let (reply, receiver) = oneshot::channel();
         let pending = Pending {
             envelope,
+            record: content_copy.map(|content| (text, content)),
             env_file: Some(env_file),
             msg_file: Some(msg_file),
             env_guard: Some(RemoveOnDrop::new(queued_env)),
@@ -358,7 +402,9 @@ impl Committer {
         };
         match &self.sender {
             Some(sender) => {
-                if let Err(mpsc::SendError(pending)) = sender.send(pending) {
+                if let Err(mpsc::SendError(Job::Commit(pending))) =
+                    sender.send(Job::Commit(Box::new(pending)))
+                {
                     let error = Error::CommitterStopped {
                         dir: self.root.clone(),
                     };
@@ -422,15 +468,14 @@ fn finish_content(disk: &Disk, mut writer: MessageWriter) -> Result<(File, Remov
 /// otherwise the file is created in place. The committer makes it durable.
 fn write_envelope_file(
     disk: &Disk,
-    envelope: &Envelope,
+    text: &[u8],
     path: &Path,
     free: &FreeFiles,
 ) -> Result<File, Error> {
-    let mut text = envelope.to_toml(path)?.into_bytes();
     let Some(recycled) = free.take() else {
         let guard = RemoveOnDrop::new(path.to_owned());
         let file = disk::create_new(path)?;
-        disk::write_all(&file, &text, path)?;
+        disk::write_all(&file, text, path)?;
         guard.disarm();
         return Ok(file);
     };
@@ -443,11 +488,12 @@ fn write_envelope_file(
     let length = text.len() as u64;
     // Should the new length not reach the disk before a crash, the old text's tail reads as
     // blank lines, which TOML ignores.
-    text.resize(
+    let mut padded = text.to_vec();
+    padded.resize(
         usize::try_from(old_length.max(length)).unwrap_or(text.len()),
         b'\n',
     );
-    disk::write_all(&file, &text, &from)?;
+    disk::write_all(&file, &padded, &from)?;
     file.set_len(length)
         .map_err(|e| Error::io("truncate", &from, e))?;
     disk.rename(&from, path)?;
@@ -455,15 +501,40 @@ fn write_envelope_file(
     Ok(file)
 }
 
+/// Work for the committer thread.
+enum Job {
+    /// Make this message durable.
+    Commit(Box<Pending>),
+    /// Log that this message left `queue/`.
+    Removed(QueueId),
+}
+
 /// The committer thread: one batch at a time until the channel closes.
-fn run(disk: &Disk, receiver: &mpsc::Receiver<Pending>, max_batch: usize, stats: &Stats) {
+fn run(
+    disk: &Disk,
+    receiver: &mpsc::Receiver<Job>,
+    max_batch: usize,
+    stats: &Stats,
+    mut journal: Option<Journal>,
+) {
     while let Ok(first) = receiver.recv() {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match receiver.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        let mut removed = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Commit(pending) => batch.push(*pending),
+                Job::Removed(id) => removed.push(id),
             }
+            if batch.len() < max_batch {
+                next = receiver.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            if let Some(journal) = journal.as_mut() {
+                log_removed(disk, journal, &removed, false);
+            }
+            continue;
         }
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats
@@ -472,16 +543,45 @@ fn run(disk: &Disk, receiver: &mpsc::Receiver<Pending>, max_batch: usize, stats:
         stats
             .largest_batch
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
-        commit_batch(disk, batch, stats);
+        commit_batch(disk, batch, &removed, journal.as_mut(), stats);
+    }
+    // Closing cleanly: one checkpoint, so the next start has nothing to replay.
+    if let Some(journal) = journal.as_mut()
+        && let Err(e) = journal.checkpoint(disk)
+    {
+        tracing::warn!(error = %e, "journal checkpoint at close failed; the next start replays it");
     }
 }
 
-/// Commits one batch, answering every waiter.
-fn commit_batch(disk: &Disk, mut batch: Vec<Pending>, stats: &Stats) {
+/// Appends removal records (best effort: a lost one only means a redelivery after a crash).
+fn log_removed(disk: &Disk, journal: &mut Journal, ids: &[QueueId], sync: bool) {
+    if ids.is_empty() {
+        return;
+    }
+    let mut records = Vec::new();
+    for id in ids {
+        journal::encode_removed(&mut records, journal.generation(), *id);
+    }
+    if let Err(e) = journal.append(disk, &records, sync) {
+        tracing::warn!(error = %e, "could not log removals in the commit journal");
+    }
+}
+
+/// Commits one batch, answering every waiter; `removed` are removals to log with it.
+fn commit_batch(
+    disk: &Disk,
+    mut batch: Vec<Pending>,
+    removed: &[QueueId],
+    mut journal: Option<&mut Journal>,
+    stats: &Stats,
+) {
     let queue = &disk.layout.queue;
     if let Err(e) = disk.faults().before(Step::BeginBatch {
         messages: batch.len(),
     }) {
+        if let Some(journal) = journal {
+            log_removed(disk, journal, removed, false);
+        }
         let error = Error::io("commit batch into", queue, e);
         for pending in batch {
             pending.fail(error.duplicate(), stats);
@@ -489,8 +589,8 @@ fn commit_batch(disk: &Disk, mut batch: Vec<Pending>, stats: &Stats) {
         return;
     }
 
-    // 1. Content, envelope and their names in queue/ on disk: one syncfs for the batch.
-    let results = sync_batch(disk, &mut batch);
+    // 1. Content and envelope on disk, or in the journal: one sync for the batch.
+    let results = sync_batch(disk, &mut batch, removed, journal.as_deref_mut(), stats);
     let mut synced = Vec::with_capacity(batch.len());
     for (pending, result) in batch.into_iter().zip(results) {
         match result {
@@ -500,7 +600,7 @@ fn commit_batch(disk: &Disk, mut batch: Vec<Pending>, stats: &Stats) {
     }
 
     // 2. Only now may anyone say 250.
-    let mut withdrawn = false;
+    let mut withdrawn = Vec::new();
     for mut pending in synced {
         // Durable: the guards must no longer remove anything.
         if let Some(guard) = pending.env_guard.take() {
@@ -514,27 +614,48 @@ fn commit_batch(disk: &Disk, mut batch: Vec<Pending>, stats: &Stats) {
             envelope: pending.envelope,
         };
         if pending.reply.send(Ok(durable)).is_err() {
-            // The handle was dropped: no 250 can be sent for this message, and mail that was
-            // never acknowledged must not be delivered. Envelope first, as in `Spool::remove`.
-            tracing::info!(queue_id = %id, "commit abandoned by its caller; removing the message");
-            let removed = disk::remove_file(&Layout::file(queue, id, ENV_EXT))
-                .and_then(|()| disk::remove_file(&Layout::file(queue, id, MSG_EXT)));
-            if let Err(e) = removed {
-                tracing::warn!(queue_id = %id, error = %e, "could not remove abandoned message");
-            }
-            withdrawn = true;
-            stats.failed.fetch_add(1, Ordering::Relaxed);
+            withdrawn.push(id);
         }
     }
-    if withdrawn && let Err(e) = disk.sync_dir(queue) {
+    if !withdrawn.is_empty() {
+        withdraw(disk, &withdrawn, journal, stats);
+    }
+}
+
+/// Removes messages whose commit handle was dropped: no 250 can be sent for them, and mail
+/// that was never acknowledged must not be delivered. Their removal is logged (and synced)
+/// in the journal first, so a crash in between cannot bring them back; envelope before
+/// content, as in `Spool::remove`.
+fn withdraw(disk: &Disk, ids: &[QueueId], journal: Option<&mut Journal>, stats: &Stats) {
+    let queue = &disk.layout.queue;
+    if let Some(journal) = journal {
+        log_removed(disk, journal, ids, true);
+    }
+    for &id in ids {
+        tracing::info!(queue_id = %id, "commit abandoned by its caller; removing the message");
+        let removed = disk::remove_file(&Layout::file(queue, id, ENV_EXT))
+            .and_then(|()| disk::remove_file(&Layout::file(queue, id, MSG_EXT)));
+        if let Err(e) = removed {
+            tracing::warn!(queue_id = %id, error = %e, "could not remove abandoned message");
+        }
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Err(e) = disk.sync_dir(queue) {
         tracing::warn!(error = %e, "could not sync removal of abandoned messages");
     }
 }
 
-/// Makes the content and envelope files of every message of `batch` durable, with their
-/// directory entries: one `syncfs` for the whole batch, whose cost does not grow with the
-/// number of files (one journal commit). One result per message, in order.
-fn sync_batch(disk: &Disk, batch: &mut [Pending]) -> Vec<Result<(), Error>> {
+/// Makes every message of `batch` durable with one sync: an `fdatasync` of the journal
+/// holding their records when all are small enough and the spool journals, else a `syncfs`
+/// (whose cost does not grow with the number of files). `removed` are logged first. One
+/// result per message, in order.
+fn sync_batch(
+    disk: &Disk,
+    batch: &mut [Pending],
+    removed: &[QueueId],
+    journal: Option<&mut Journal>,
+    stats: &Stats,
+) -> Vec<Result<(), Error>> {
     let queue = &disk.layout.queue;
     let checked: Vec<Result<(), Error>> = batch
         .iter_mut()
@@ -546,11 +667,60 @@ fn sync_batch(disk: &Disk, batch: &mut [Pending]) -> Vec<Result<(), Error>> {
             disk.check_sync_file(&Layout::file(queue, id, ENV_EXT))
         })
         .collect();
-    match disk.sync_filesystem(queue) {
+    let synced = match journal {
+        Some(journal) if batch.iter().all(|p| p.record.is_some()) => {
+            stats.journal_syncs.fetch_add(1, Ordering::Relaxed);
+            journal_batch(disk, journal, batch, &checked, removed, stats)
+        }
+        journal => {
+            if let Some(journal) = journal {
+                log_removed(disk, journal, removed, false);
+            }
+            stats.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
+            disk.sync_filesystem(queue)
+        }
+    };
+    match synced {
         Ok(()) => checked,
         Err(error) => checked
             .into_iter()
             .map(|_| Err(error.duplicate()))
             .collect(),
     }
+}
+
+/// Appends the removals and one record per message that passed its checks to the journal,
+/// checkpointing a full segment first, and syncs it. Should the sync fail, the messages are
+/// logged as removed again (they will be answered 451 and their files removed), so that a
+/// replay never brings back mail that was refused.
+fn journal_batch(
+    disk: &Disk,
+    journal: &mut Journal,
+    batch: &[Pending],
+    checked: &[Result<(), Error>],
+    removed: &[QueueId],
+    stats: &Stats,
+) -> Result<(), Error> {
+    if journal.is_full() {
+        stats.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = journal.checkpoint(disk) {
+            tracing::warn!(error = %e, "journal checkpoint failed; the segment keeps growing");
+        }
+    }
+    let generation = journal.generation();
+    let mut records = Vec::new();
+    for id in removed {
+        journal::encode_removed(&mut records, generation, *id);
+    }
+    for (pending, check) in batch.iter().zip(checked) {
+        if let (Some((envelope, content)), Ok(())) = (&pending.record, check) {
+            journal::encode_committed(&mut records, generation, pending.id(), envelope, content);
+        }
+    }
+    let result = journal.append(disk, &records, true);
+    if result.is_err() {
+        let ids: Vec<QueueId> = batch.iter().map(Pending::id).collect();
+        log_removed(disk, journal, &ids, false);
+    }
+    result
 }

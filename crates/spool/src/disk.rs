@@ -8,11 +8,13 @@
 //! DIR/hold/ID.{msg,env}     held messages, same pair
 //! DIR/corrupt/        quarantined files; never deleted automatically
 //! DIR/free/           files of delivered messages kept for reuse; belong to no message
+//! DIR/journal/        the commit journal's two segments (see the `journal` module)
 //! ```
 //!
 //! A new message is written in place (or into a file from `free/`, renamed into `queue/` at
-//! commit) and made durable by its group commit's `syncfs` (the envelope, written last, marks
-//! it complete; it records the content's size and CRC-32). Envelope rewrites go temp file → fsync → rename
+//! commit) and made durable by its group commit: one `fdatasync` of the journal for small
+//! messages, one `syncfs` otherwise (the envelope, written last, marks it complete; it
+//! records the content's size and CRC-32). Envelope rewrites go temp file → fsync → rename
 //! → fsync of the directory, the shape of chasquid's `safeio`. Every sync and rename passes
 //! through a [`FaultInjector`] first, so
 //! tests can fail any step with no test-only branch in this code. Group commit (`commit`) and
@@ -58,6 +60,11 @@ pub enum Step<'a> {
     SyncDir(&'a Path),
     /// The filesystem holding this directory is about to be synced (`syncfs`).
     SyncFilesystem(&'a Path),
+    /// A group commit's records were appended to this journal segment, which is about to be
+    /// `fdatasync`'d.
+    SyncJournal(&'a Path),
+    /// This journal segment, just given a new header or grown, is about to be fsync'd.
+    PrepareJournal(&'a Path),
 }
 
 /// Hook called before each fsync and rename of a spool write. Returning an error makes the
@@ -92,6 +99,7 @@ pub(crate) struct Layout {
     pub(crate) hold: PathBuf,
     pub(crate) corrupt: PathBuf,
     pub(crate) free: PathBuf,
+    pub(crate) journal: PathBuf,
 }
 
 impl Layout {
@@ -104,6 +112,7 @@ impl Layout {
             hold: root.join("hold"),
             corrupt: root.join("corrupt"),
             free: root.join("free"),
+            journal: root.join("journal"),
         }
     }
 
@@ -122,6 +131,7 @@ impl Layout {
             &self.hold,
             &self.corrupt,
             &self.free,
+            &self.journal,
         ] {
             let mut builder = fs::DirBuilder::new();
             builder.recursive(true);
@@ -159,6 +169,11 @@ impl Disk {
         &*self.faults
     }
 
+    /// Whether this spool syncs at all (`false` only in tests that ask for speed).
+    pub(crate) fn syncs(&self) -> bool {
+        self.sync
+    }
+
     /// fsync a file's data and metadata (unless syncing is turned off).
     pub(crate) fn sync_file(&self, file: &File, path: &Path) -> Result<(), Error> {
         self.faults
@@ -188,6 +203,15 @@ impl Disk {
     pub(crate) fn check_sync_file(&self, path: &Path) -> Result<(), Error> {
         self.faults
             .before(Step::SyncFile(path))
+            .map_err(|e| Error::io("fsync", path, e))
+    }
+
+    /// fsync a journal segment after a new header or more prepared space (unless syncing is
+    /// turned off).
+    pub(crate) fn sync_journal_segment(&self, file: &File, path: &Path) -> Result<(), Error> {
+        self.faults
+            .before(Step::PrepareJournal(path))
+            .and_then(|()| if self.sync { file.sync_all() } else { Ok(()) })
             .map_err(|e| Error::io("fsync", path, e))
     }
 
@@ -331,6 +355,37 @@ pub(crate) fn read_envelope(path: &Path, id: QueueId) -> Result<Envelope, Error>
         });
     }
     Ok(envelope)
+}
+
+/// The size and CRC-32 of the content file at `path`, read in [`WRITE_BUFFER`] chunks.
+///
+/// [`WRITE_BUFFER`]: crate::WRITE_BUFFER
+pub(crate) fn content_checksum(path: &Path) -> Result<(u64, u32), Error> {
+    let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut checksum = crc32fast::Hasher::new();
+    let mut size = 0u64;
+    let mut buffer = vec![0u8; crate::WRITE_BUFFER];
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .map_err(|e| Error::io("read", path, e))?;
+        let Some(chunk) = buffer.get(..n).filter(|c| !c.is_empty()) else {
+            break;
+        };
+        checksum.update(chunk);
+        size += n as u64;
+    }
+    Ok((size, checksum.finalize()))
+}
+
+/// Whether the content file at `path` has the size and CRC-32 `envelope` recorded (an
+/// envelope without a checksum only has its size checked).
+pub(crate) fn content_matches(path: &Path, envelope: &Envelope) -> Result<bool, Error> {
+    let (size, crc) = content_checksum(path)?;
+    Ok(size == envelope.size
+        && envelope
+            .content_crc32
+            .is_none_or(|expected| expected == crc))
 }
 
 /// Splits a spool file name into id and extension, if it has the form `ID.ext`.

@@ -2,8 +2,9 @@
 //! fsync, shared by every connection task through a cloneable [`Spool`] handle.
 //!
 //! The contract the rest of the relay builds on: a message is answered `250` only with a
-//! [`Durable`] in hand, and only the spool makes those, after content, envelope and their
-//! directory entries in `queue/` are on disk (one `syncfs` per group commit). After a crash at
+//! [`Durable`] in hand, and only the spool makes those, after the message is on disk: its
+//! record in the commit journal (one `fdatasync` per group commit of small messages), or its
+//! files and their directory entries in `queue/` (one `syncfs` per group commit otherwise). After a crash at
 //! any instant,
 //! [`Spool::open`] finds every such message again (in [`RecoveryReport::queued`]) and
 //! nothing that was not acknowledged.
@@ -15,13 +16,14 @@
 //! * `disk` — the directory layout and the fsync, syncfs and rename steps, each passing a
 //!   [`FaultInjector`] so tests can fail it.
 //! * `commit` — [`MessageWriter`], the group committer thread, [`CommitHandle`], [`Durable`].
+//! * `journal` — the commit journal: durable records of small messages, replayed at open.
 //! * `recover` — the start-up scan ([`RecoveryReport`]): remove incomplete, quarantine corrupt.
 //! * `spool` — [`Spool`]: open with lock, then load/update/hold/release/remove by id.
 //! * `reader` — [`SpoolReader`], lock-free read-only access for the CLI.
 //! * `recycle` — the pool of delivered messages' files in `free/`, reused for new ones.
 //!
 //! On disk (`DIR/`): `lock`, `tmp/`, `queue/ID.msg` + `queue/ID.env`, `hold/` (same pair),
-//! `corrupt/`, `free/` (files kept for reuse). See the `disk` module for the rules.
+//! `corrupt/`, `free/` (files kept for reuse), `journal/` (two segments). See the `disk` module for the rules.
 //!
 //! # Example
 //!
@@ -58,6 +60,7 @@ mod disk;
 mod envelope;
 mod error;
 mod id;
+mod journal;
 mod reader;
 mod recover;
 mod recycle;

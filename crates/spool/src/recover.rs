@@ -37,6 +37,9 @@ pub struct RecoveryReport {
     pub removed_incomplete: Vec<PathBuf>,
     /// Files moved to `corrupt/` (their new path) and why. An operator must look at these.
     pub quarantined: Vec<(PathBuf, String)>,
+    /// Acknowledged messages whose files a crash had lost or damaged, written back from the
+    /// commit journal before the scan (they are in `queued` too).
+    pub restored_from_journal: Vec<QueueId>,
 }
 
 /// Which files one id has in one directory.

@@ -18,6 +18,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use crate::commit::{CommitHandle, CommitStats, Committer, MessageWriter};
 use crate::disk::{self, Disk, ENV_EXT, FaultInjector, Layout, MSG_EXT, NoFaults};
+use crate::journal::{Journal, SEGMENT_SIZE};
 use crate::recover::{self, RecoveryReport};
 use crate::recycle::FreeFiles;
 use crate::{Envelope, Error, QueueId};
@@ -31,20 +32,25 @@ pub struct SpoolOptions {
     /// fsync files and directories. `true` in production: without it a 250 does not mean the
     /// message survives a power cut. Tests may turn it off for speed.
     pub sync: bool,
-    /// Most messages one group commit (one `syncfs`) carries, e.g. 256.
+    /// Most messages one group commit (one sync) carries, e.g. 256.
     pub max_batch: usize,
     /// Most files of delivered messages kept in `free/` for reuse by new ones (0: none);
     /// see the `recycle` module for why.
     pub recycle: usize,
+    /// Bytes of commit journal records after which the committer checkpoints (one `syncfs`)
+    /// and switches segments; see the `journal` module. 16 MiB by default.
+    pub journal_segment: u64,
 }
 
 impl Default for SpoolOptions {
-    /// Production settings: `sync: true`, `max_batch: 256`, `recycle: 1024`.
+    /// Production settings: `sync: true`, `max_batch: 256`, `recycle: 1024`,
+    /// `journal_segment: 16 MiB`.
     fn default() -> Self {
         SpoolOptions {
             sync: true,
             max_batch: 256,
             recycle: 1024,
+            journal_segment: SEGMENT_SIZE,
         }
     }
 }
@@ -65,6 +71,8 @@ struct Inner {
     created_during_recovery: Mutex<Option<HashSet<QueueId>>>,
     /// Declared before `lock` so it stops (finishing queued commits) before the lock goes.
     committer: Committer,
+    /// Whether small messages are committed through the journal (writers keep a copy).
+    journaled: bool,
     /// Files of delivered messages, reused for new ones.
     free: FreeFiles,
     stripes: Vec<Mutex<()>>,
@@ -137,25 +145,37 @@ impl Spool {
         layout.create()?;
         let lock = take_lock(&layout.lock)?;
         let disk = Disk::new(layout, options.sync, faults);
-        let report = if deferred {
+        let (journal, replay) = Journal::open(&disk, options.journal_segment)?;
+        let mut report = if deferred {
             recover::clear_tmp(&disk)?
         } else {
             recover::recover(&disk)?
         };
+        report.restored_from_journal = replay.restored;
+        report
+            .quarantined
+            .extend(replay.quarantined.into_iter().map(|path| {
+                let reason =
+                    "damaged after a crash; the message was restored from the commit journal";
+                (path, reason.to_owned())
+            }));
         let free = FreeFiles::open(&disk.layout.free, options.recycle)?;
-        let committer = Committer::start(disk.clone(), options.max_batch)?;
+        let journaled = journal.is_some();
+        let committer = Committer::start(disk.clone(), options.max_batch, journal)?;
         tracing::info!(
             dir = %dir.display(),
             queued = report.queued.len(),
             held = report.held.len(),
             removed_incomplete = report.removed_incomplete.len(),
             quarantined = report.quarantined.len(),
+            restored_from_journal = report.restored_from_journal.len(),
             "spool open"
         );
         let inner = Inner {
             disk,
             created_during_recovery: Mutex::new(deferred.then(HashSet::new)),
             committer,
+            journaled,
             free,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             _lock: lock,
@@ -196,7 +216,12 @@ impl Spool {
         {
             ids.insert(id);
         }
-        MessageWriter::create(&self.inner.disk.layout.queue, id, self.inner.free.take())
+        MessageWriter::create(
+            &self.inner.disk.layout.queue,
+            id,
+            self.inner.free.take(),
+            self.inner.journaled,
+        )
     }
 
     /// Hands a finished message to the group committer. `envelope.id` must be `writer.id()`.
@@ -256,6 +281,7 @@ impl Spool {
     pub fn remove(&self, id: QueueId) -> Result<(), Error> {
         let _guard = self.lock(id);
         let (dir, _) = self.locate(id)?;
+        self.inner.committer.removed(id);
         self.inner.free.give(&Layout::file(dir, id, ENV_EXT))?;
         self.inner.free.give(&Layout::file(dir, id, MSG_EXT))
     }
@@ -278,21 +304,7 @@ impl Spool {
         let _guard = self.lock(id);
         let (dir, _) = self.locate(id)?;
         let path = Layout::file(dir, id, MSG_EXT);
-        let mut file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
-        let mut checksum = crc32fast::Hasher::new();
-        let mut size = 0u64;
-        let mut buffer = vec![0u8; crate::WRITE_BUFFER];
-        loop {
-            let n = file
-                .read(&mut buffer)
-                .map_err(|e| Error::io("read", &path, e))?;
-            let Some(chunk) = buffer.get(..n).filter(|c| !c.is_empty()) else {
-                break;
-            };
-            checksum.update(chunk);
-            size += n as u64;
-        }
-        let actual = checksum.finalize();
+        let (size, actual) = disk::content_checksum(&path)?;
         if size == envelope.size && actual == expected {
             return Ok(());
         }
@@ -311,6 +323,7 @@ impl Spool {
         let _guard = self.lock(id);
         let (dir, _) = self.locate(id)?;
         let disk = &self.inner.disk;
+        self.inner.committer.removed(id);
         let mut moved = Vec::new();
         for ext in [ENV_EXT, MSG_EXT] {
             let path = Layout::file(dir, id, ext);

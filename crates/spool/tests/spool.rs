@@ -21,8 +21,7 @@ use spool::{
 fn fast() -> SpoolOptions {
     SpoolOptions {
         sync: false,
-        max_batch: 256,
-        recycle: 1024,
+        ..SpoolOptions::default()
     }
 }
 
@@ -725,6 +724,7 @@ fn max_batch_caps_a_batch() {
         sync: false,
         max_batch: 8,
         recycle: 0,
+        ..SpoolOptions::default()
     };
     let (spool, _) = Spool::open_with_faults(dir.path(), options, gate.clone()).unwrap();
     let handles: Vec<CommitHandle> = (0..40)
@@ -749,7 +749,7 @@ fn max_batch_caps_a_batch() {
 /// in `queue/`, and the spool goes on working.
 #[test]
 fn a_failed_commit_into_reused_files_never_leaves_a_file_in_queue() {
-    for which in ["rename msg", "rename env", "batch", "syncfs"] {
+    for which in ["rename msg", "rename env", "batch", "sync journal"] {
         let dir = tempfile::tempdir().unwrap();
         {
             let (spool, _) = Spool::open(dir.path(), fast()).unwrap();
@@ -763,7 +763,7 @@ fn a_failed_commit_into_reused_files_never_leaves_a_file_in_queue() {
         let (spool, _) =
             Spool::open_with_faults(dir.path(), durable_options(), faults.clone()).unwrap();
         assert_eq!(spool.recyclable_files(), 2, "{which}: the pool is primed");
-        commit_fails_and_leaves_queue_empty(&spool, &faults, dir.path());
+        commit_fails_and_leaves_queue_empty(&spool, &faults, dir.path(), b"doomed");
 
         let good = store(&spool, b"fine");
         drop(spool);
@@ -775,10 +775,10 @@ fn a_failed_commit_into_reused_files_never_leaves_a_file_in_queue() {
 
 /// Commits one message through `spool`, whose `faults` fail one step: the commit must fail
 /// with the injected error and leave nothing in `queue/`.
-fn commit_fails_and_leaves_queue_empty(spool: &Spool, faults: &FailAt, dir: &Path) {
+fn commit_fails_and_leaves_queue_empty(spool: &Spool, faults: &FailAt, dir: &Path, content: &[u8]) {
     let which = faults.which;
     let mut writer = spool.create().unwrap();
-    writer.write_all(b"doomed").unwrap();
+    writer.write_all(content).unwrap();
     let env = envelope(writer.id());
     let result = spool.commit(writer, env).wait();
     assert!(
@@ -814,6 +814,7 @@ impl FaultInjector for FailAt {
             Step::Rename { .. } => "rename env",
             Step::SyncDir(_) => "sync dir",
             Step::SyncFilesystem(_) => "syncfs",
+            Step::SyncJournal(_) => "sync journal",
             _ => "other",
         };
         if name == self.which && !self.fired.swap(true, Ordering::SeqCst) {
@@ -823,9 +824,21 @@ impl FaultInjector for FailAt {
     }
 }
 
+/// A failure at any step of a commit — through the journal for a small message, through
+/// `syncfs` for one too large for the journal — fails that commit only, leaves nothing in
+/// `queue/`, and a restart (which replays the journal) finds only the good message.
 #[test]
 fn a_failed_commit_never_leaves_a_file_in_queue() {
-    for which in ["batch", "sync msg", "sync env", "syncfs"] {
+    let large = vec![b'x'; 100 * 1024];
+    let cases: [(&str, &[u8]); 6] = [
+        ("batch", b"doomed"),
+        ("sync msg", b"doomed"),
+        ("sync env", b"doomed"),
+        ("sync journal", b"doomed"),
+        ("sync env", &large),
+        ("syncfs", &large),
+    ];
+    for (which, content) in cases {
         let dir = tempfile::tempdir().unwrap();
         let faults = Arc::new(FailAt {
             which,
@@ -833,7 +846,7 @@ fn a_failed_commit_never_leaves_a_file_in_queue() {
         });
         let (spool, _) =
             Spool::open_with_faults(dir.path(), durable_options(), faults.clone()).unwrap();
-        commit_fails_and_leaves_queue_empty(&spool, &faults, dir.path());
+        commit_fails_and_leaves_queue_empty(&spool, &faults, dir.path(), content);
         assert!(
             files(dir.path(), "tmp").is_empty(),
             "{which}: {:?}",

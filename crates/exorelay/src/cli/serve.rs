@@ -44,6 +44,11 @@ fn recovered(dir: &Path, report: spool::RecoveryReport, queue: &manager::QueueHa
     for (path, reason) in &report.quarantined {
         warn!("recovery: quarantined {}: {reason}", path.display());
     }
+    for id in &report.restored_from_journal {
+        warn!(
+            "recovery: restored {id} from the commit journal (a crash had lost or damaged its files)"
+        );
+    }
     info!(
         queued = report.queued.len(),
         held = report.held.len(),

@@ -1,0 +1,548 @@
+//! The commit journal: how a group commit of small messages becomes durable with one
+//! `fdatasync` of a preallocated file instead of a `syncfs` of the whole file system.
+//!
+//! Every message is still written as `queue/ID.msg` + `queue/ID.env`, exactly as without the
+//! journal; those files are what delivery, recovery and the queue tools read. What changes is
+//! the durability point. For a batch whose messages are all small (content up to
+//! [`JOURNAL_CONTENT_MAX`]), the committer appends one record per message — id, envelope
+//! text, content — to the active journal segment and `fdatasync`s it: one data write and one
+//! cache flush, where a `syncfs` writes every dirty inode, directory block and bitmap of the
+//! file system (measured on the benchmark VM: ~0.14 ms against ~1 ms, and a tenth of the
+//! bytes written). The message files reach the disk later, in the kernel's own write-back;
+//! should a power loss take them, the journal still has them.
+//!
+//! ```text
+//! DIR/journal/0.log, 1.log   two segments used in turn; the one whose header has the higher
+//!                            generation is active
+//! record  = magic "EXRJ" | kind u8 | 3 zero bytes | generation u64 | length u32 | crc32 u32 | payload
+//! kinds   = 0 segment header (empty payload, always at offset 0)
+//!           1 committed: id (16 bytes) | envelope length u32 | envelope TOML | content
+//!           2 removed:   id (16 bytes)
+//! ```
+//!
+//! All integers are little-endian; the CRC-32 covers the bytes from `kind` to `length` and the
+//! payload. A removal is logged (without a sync of its own) when a message leaves `queue/`,
+//! so that after a crash a delivered message is not brought back.
+//!
+//! **Checkpoint.** When the active segment is full, the committer runs one `syncfs` — now
+//! every message file and removal so far is on disk — and starts the next generation in the
+//! other segment, whose old records then no longer count (their generation is older).
+//!
+//! **Replay** (at open, before anything else): the records of the active segment are read up
+//! to the first one that is torn, from another generation or fails its CRC. Every committed
+//! message without a later removal whose files are not intact — envelope missing or
+//! unreadable, content not matching the envelope's size and CRC-32 — is written back from
+//! its record; damaged files found in the way are moved to `corrupt/` first, never deleted.
+//! Then the file system is synced and a fresh generation begins, so nothing is replayed twice.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+#[cfg(unix)]
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+use crate::disk::{self, Disk, ENV_EXT, Layout, MSG_EXT, Step};
+use crate::{Error, QueueId};
+
+/// Largest content copied into the journal; a batch holding a larger message is made durable
+/// with `syncfs` instead.
+pub(crate) const JOURNAL_CONTENT_MAX: usize = 64 * 1024;
+
+/// Default size after which the committer checkpoints and switches segments.
+pub(crate) const SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+
+/// The journal grows in steps of this many zero bytes, synced once, so that the appends
+/// after them change no metadata and `fdatasync` writes data only.
+const PREPARE_STEP: u64 = 1024 * 1024;
+
+const MAGIC: [u8; 4] = *b"EXRJ";
+const HEADER_LEN: usize = 24;
+const ID_LEN: usize = 16;
+
+const KIND_SEGMENT: u8 = 0;
+const KIND_COMMITTED: u8 = 1;
+const KIND_REMOVED: u8 = 2;
+
+/// One record read back from a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Record<'a> {
+    /// A message made durable by this journal.
+    Committed {
+        id: QueueId,
+        envelope: &'a [u8],
+        content: &'a [u8],
+    },
+    /// A message that left `queue/` (delivered, removed or quarantined).
+    Removed(QueueId),
+}
+
+/// Appends a record of `kind` with `payload` to `out`.
+fn encode(out: &mut Vec<u8>, kind: u8, generation: u64, payload: &[&[u8]]) {
+    let length: usize = payload.iter().map(|p| p.len()).sum();
+    let start = out.len();
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(out.get(start + 4..).unwrap_or_default());
+    for part in payload {
+        crc.update(part);
+    }
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    for part in payload {
+        out.extend_from_slice(part);
+    }
+}
+
+/// Appends the record of a committed message.
+pub(crate) fn encode_committed(
+    out: &mut Vec<u8>,
+    generation: u64,
+    id: QueueId,
+    envelope: &[u8],
+    content: &[u8],
+) {
+    let id_bytes = id.ulid().to_bytes();
+    let envelope_len = u32::try_from(envelope.len())
+        .unwrap_or(u32::MAX)
+        .to_le_bytes();
+    encode(
+        out,
+        KIND_COMMITTED,
+        generation,
+        &[&id_bytes, &envelope_len, envelope, content],
+    );
+}
+
+/// Appends the record of a removal.
+pub(crate) fn encode_removed(out: &mut Vec<u8>, generation: u64, id: QueueId) {
+    encode(out, KIND_REMOVED, generation, &[&id.ulid().to_bytes()]);
+}
+
+fn encode_segment_header(generation: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN);
+    encode(&mut out, KIND_SEGMENT, generation, &[]);
+    out
+}
+
+/// One record's kind, generation and payload at the start of `bytes`, with the bytes it
+/// takes; `None` when it is torn, zero, or fails its checks.
+fn decode_one(bytes: &[u8]) -> Option<(u8, u64, &[u8], usize)> {
+    let header = bytes.get(..HEADER_LEN)?;
+    if header.get(..4)? != MAGIC {
+        return None;
+    }
+    let kind = *header.get(4)?;
+    let generation = u64::from_le_bytes(header.get(8..16)?.try_into().ok()?);
+    let length = u32::from_le_bytes(header.get(16..20)?.try_into().ok()?) as usize;
+    let stored_crc = u32::from_le_bytes(header.get(20..24)?.try_into().ok()?);
+    let payload = bytes.get(HEADER_LEN..HEADER_LEN.checked_add(length)?)?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(header.get(4..20)?);
+    crc.update(payload);
+    (crc.finalize() == stored_crc).then_some((kind, generation, payload, HEADER_LEN + length))
+}
+
+/// The generation of a segment whose first record is a valid header.
+fn segment_generation(bytes: &[u8]) -> Option<u64> {
+    match decode_one(bytes)? {
+        (KIND_SEGMENT, generation, _, _) => Some(generation),
+        _ => None,
+    }
+}
+
+fn decode_id(bytes: &[u8]) -> Option<QueueId> {
+    let raw: [u8; ID_LEN] = bytes.get(..ID_LEN)?.try_into().ok()?;
+    Some(QueueId::from_ulid(ulid::Ulid::from_bytes(raw)))
+}
+
+fn decode_payload(kind: u8, payload: &[u8]) -> Option<Record<'_>> {
+    let id = decode_id(payload)?;
+    match kind {
+        KIND_COMMITTED => {
+            let rest = payload.get(ID_LEN..)?;
+            let envelope_len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            let envelope = rest.get(4..4usize.checked_add(envelope_len)?)?;
+            let content = rest.get(4 + envelope_len..)?;
+            Some(Record::Committed {
+                id,
+                envelope,
+                content,
+            })
+        }
+        KIND_REMOVED => Some(Record::Removed(id)),
+        _ => None,
+    }
+}
+
+/// The records of a segment: its generation and every record after the header, up to the
+/// first one that is torn, of another generation or otherwise invalid. `None` when the
+/// segment has no valid header.
+pub(crate) fn decode_segment(bytes: &[u8]) -> Option<(u64, Vec<Record<'_>>)> {
+    let generation = segment_generation(bytes)?;
+    let mut records = Vec::new();
+    let mut at = HEADER_LEN;
+    while let Some((kind, record_generation, payload, used)) = bytes.get(at..).and_then(decode_one)
+    {
+        if record_generation != generation {
+            break;
+        }
+        let Some(record) = decode_payload(kind, payload) else {
+            break;
+        };
+        records.push(record);
+        at += used;
+    }
+    Some((generation, records))
+}
+
+/// The open journal, owned by the committer thread.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    paths: [PathBuf; 2],
+    files: [File; 2],
+    /// Bytes of each segment known to be allocated and synced (its length at open, or as far
+    /// as it was prepared since).
+    prepared: [u64; 2],
+    active: usize,
+    generation: u64,
+    /// Where the next record goes in the active segment.
+    offset: u64,
+    segment_size: u64,
+}
+
+/// What replaying the journal at open did.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    /// Messages written back into `queue/` from their records.
+    pub(crate) restored: Vec<QueueId>,
+    /// Damaged files moved to `corrupt/` on the way (their new paths).
+    pub(crate) quarantined: Vec<PathBuf>,
+}
+
+impl Journal {
+    /// Opens the journal in `DIR/journal/`, replays its active segment (see the module
+    /// documentation) and starts a new generation. Without syncing (`sync: false`, tests),
+    /// the journal is replayed and then removed, and `None` is returned: nothing is journaled.
+    pub(crate) fn open(disk: &Disk, segment_size: u64) -> Result<(Option<Journal>, Replay), Error> {
+        let dir = &disk.layout.journal;
+        let paths = [dir.join("0.log"), dir.join("1.log")];
+        let mut contents = [Vec::new(), Vec::new()];
+        for (path, content) in paths.iter().zip(contents.iter_mut()) {
+            *content = read_if_present(path)?;
+        }
+        let generations = contents.each_ref().map(|c| segment_generation(c));
+        let active = match generations {
+            [Some(a), Some(b)] => Some(usize::from(b > a)),
+            [Some(_), None] => Some(0),
+            [None, Some(_)] => Some(1),
+            [None, None] => None,
+        };
+        let replay = match active.and_then(|i| contents.get(i)) {
+            Some(bytes) => replay(disk, bytes)?,
+            None => Replay::default(),
+        };
+        if !replay.restored.is_empty() || !replay.quarantined.is_empty() {
+            disk.sync_filesystem(&disk.layout.queue)?;
+        }
+        if !disk.syncs() {
+            for path in &paths {
+                disk::remove_file(path)?;
+            }
+            return Ok((None, replay));
+        }
+        let files = [open_segment(&paths[0])?, open_segment(&paths[1])?];
+        let prepared = [
+            file_len(&files[0], &paths[0])?,
+            file_len(&files[1], &paths[1])?,
+        ];
+        let newest = generations[0].max(generations[1]).unwrap_or(0);
+        let mut journal = Journal {
+            paths,
+            files,
+            prepared,
+            active: active.unwrap_or(1),
+            generation: newest,
+            offset: 0,
+            segment_size: segment_size.max(HEADER_LEN as u64),
+        };
+        journal.start_next_generation(disk)?;
+        disk.sync_dir(dir)?;
+        Ok((Some(journal), replay))
+    }
+
+    /// The generation records are appended with now.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Writes `records` (encoded with [`Journal::generation`]) at the end of the active
+    /// segment; with `sync`, makes them durable with one `fdatasync`. Preparing more of the
+    /// segment, when needed, costs one extra `fsync` per [`PREPARE_STEP`] bytes.
+    pub(crate) fn append(&mut self, disk: &Disk, records: &[u8], sync: bool) -> Result<(), Error> {
+        let end = self.offset + records.len() as u64;
+        let path = &self.paths[self.active];
+        let file = &self.files[self.active];
+        if end > self.prepared[self.active] {
+            let target = end.div_ceil(PREPARE_STEP) * PREPARE_STEP;
+            let zeros =
+                vec![0u8; usize::try_from(target - self.prepared[self.active]).unwrap_or(0)];
+            file.write_all_at(&zeros, self.prepared[self.active])
+                .map_err(|e| Error::io("prepare", path, e))?;
+            disk.sync_journal_segment(file, path)?;
+            self.prepared[self.active] = target;
+        }
+        file.write_all_at(records, self.offset)
+            .map_err(|e| Error::io("write", path, e))?;
+        self.offset = end;
+        if sync {
+            disk.faults()
+                .before(Step::SyncJournal(path))
+                .and_then(|()| file.sync_data())
+                .map_err(|e| Error::io("fdatasync", path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the active segment has grown past its size, so that the committer should
+    /// checkpoint before the next batch.
+    pub(crate) fn is_full(&self) -> bool {
+        self.offset >= self.segment_size
+    }
+
+    /// Makes every message file written so far durable (one `syncfs`), then starts the next
+    /// generation in the other segment; the old segment's records are no longer needed.
+    pub(crate) fn checkpoint(&mut self, disk: &Disk) -> Result<(), Error> {
+        disk.sync_filesystem(&disk.layout.queue)?;
+        self.start_next_generation(disk)
+    }
+
+    fn start_next_generation(&mut self, disk: &Disk) -> Result<(), Error> {
+        let next = 1 - self.active;
+        let generation = self.generation + 1;
+        let header = encode_segment_header(generation);
+        let (path, file) = (&self.paths[next], &self.files[next]);
+        file.write_all_at(&header, 0)
+            .map_err(|e| Error::io("write", path, e))?;
+        disk.sync_journal_segment(file, path)?;
+        self.prepared[next] = self.prepared[next].max(HEADER_LEN as u64);
+        self.active = next;
+        self.generation = generation;
+        self.offset = HEADER_LEN as u64;
+        Ok(())
+    }
+}
+
+/// Applies the active segment's records: restores every committed, not removed message whose
+/// files are not intact.
+fn replay(disk: &Disk, bytes: &[u8]) -> Result<Replay, Error> {
+    let Some((_, records)) = decode_segment(bytes) else {
+        return Ok(Replay::default());
+    };
+    let removed: HashSet<QueueId> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Removed(id) => Some(*id),
+            Record::Committed { .. } => None,
+        })
+        .collect();
+    let mut result = Replay::default();
+    for record in &records {
+        let Record::Committed {
+            id,
+            envelope,
+            content,
+        } = record
+        else {
+            continue;
+        };
+        if removed.contains(id) {
+            continue;
+        }
+        match stored_state(disk, *id) {
+            Stored::Intact => continue,
+            Stored::Missing => {}
+            Stored::Damaged(paths) => {
+                for path in paths {
+                    result.quarantined.push(disk.quarantine(&path)?);
+                }
+            }
+        }
+        restore(disk, *id, envelope, content)?;
+        result.restored.push(*id);
+    }
+    Ok(result)
+}
+
+/// What is on disk for one journaled message.
+enum Stored {
+    /// Envelope readable and content matching it, in `queue/` or `hold/`.
+    Intact,
+    /// No envelope in either directory (content alone is an incomplete write).
+    Missing,
+    /// These files exist but do not make a whole message.
+    Damaged(Vec<PathBuf>),
+}
+
+fn stored_state(disk: &Disk, id: QueueId) -> Stored {
+    let layout = &disk.layout;
+    let mut present = Vec::new();
+    for dir in [&layout.queue, &layout.hold] {
+        let env = Layout::file(dir, id, ENV_EXT);
+        let msg = Layout::file(dir, id, MSG_EXT);
+        if env.exists()
+            && let Ok(envelope) = disk::read_envelope(&env, id)
+            && disk::content_matches(&msg, &envelope).unwrap_or(false)
+        {
+            return Stored::Intact;
+        }
+        present.extend([env, msg].into_iter().filter(|p| p.exists()));
+    }
+    let any_envelope = present
+        .iter()
+        .any(|p| p.extension().is_some_and(|e| e == ENV_EXT));
+    if any_envelope {
+        Stored::Damaged(present)
+    } else {
+        for msg in present {
+            // A lone content file is an incomplete write; the record replaces it.
+            let _ = disk::remove_file(&msg);
+        }
+        Stored::Missing
+    }
+}
+
+/// Writes `queue/ID.msg` and then `queue/ID.env` from a record, each fsync'd.
+fn restore(disk: &Disk, id: QueueId, envelope: &[u8], content: &[u8]) -> Result<(), Error> {
+    let queue = &disk.layout.queue;
+    for (ext, bytes) in [(MSG_EXT, content), (ENV_EXT, envelope)] {
+        let path = Layout::file(queue, id, ext);
+        let file = disk::create_new(&path)?;
+        disk::write_all(&file, bytes, &path)?;
+        disk.sync_file(&file, &path)?;
+    }
+    Ok(())
+}
+
+fn read_if_present(path: &Path) -> Result<Vec<u8>, Error> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut file) => {
+            file.read_to_end(&mut bytes)
+                .map_err(|e| Error::io("read", path, e))?;
+            Ok(bytes)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(bytes),
+        Err(e) => Err(Error::io("open", path, e)),
+    }
+}
+
+fn open_segment(path: &Path) -> Result<File, Error> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path).map_err(|e| Error::io("open", path, e))
+}
+
+fn file_len(file: &File, path: &Path) -> Result<u64, Error> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|e| Error::io("stat", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> QueueId {
+        QueueId::from_ulid(ulid::Ulid(n))
+    }
+
+    fn segment(generation: u64, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut bytes = encode_segment_header(generation);
+        body(&mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn records_round_trip_in_order() {
+        let bytes = segment(7, |out| {
+            encode_committed(out, 7, id(1), b"env-1", b"content-1");
+            encode_removed(out, 7, id(1));
+            encode_committed(out, 7, id(2), b"", b"");
+        });
+        let (generation, records) = decode_segment(&bytes).unwrap();
+        assert_eq!(generation, 7);
+        assert_eq!(
+            records,
+            vec![
+                Record::Committed {
+                    id: id(1),
+                    envelope: b"env-1",
+                    content: b"content-1"
+                },
+                Record::Removed(id(1)),
+                Record::Committed {
+                    id: id(2),
+                    envelope: b"",
+                    content: b""
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn reading_stops_at_the_first_bad_record() {
+        let good = segment(3, |out| encode_committed(out, 3, id(1), b"e", b"c"));
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("torn tail", {
+                let mut b = good.clone();
+                encode_committed(&mut b, 3, id(2), b"e", b"content");
+                b.truncate(b.len() - 3);
+                b
+            }),
+            ("older generation after", {
+                let mut b = good.clone();
+                encode_committed(&mut b, 2, id(2), b"e", b"c");
+                b
+            }),
+            ("flipped payload byte", {
+                let mut b = good.clone();
+                encode_committed(&mut b, 3, id(2), b"e", b"c");
+                let last = b.len() - 1;
+                b[last] ^= 1;
+                b
+            }),
+            ("zeros after", {
+                let mut b = good.clone();
+                b.extend_from_slice(&[0u8; 100]);
+                b
+            }),
+            ("unknown kind", {
+                let mut b = good.clone();
+                encode(&mut b, 9, 3, &[&id(2).ulid().to_bytes()]);
+                b
+            }),
+        ];
+        for (name, bytes) in cases {
+            let (_, records) = decode_segment(&bytes).unwrap();
+            assert_eq!(records.len(), 1, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_segment_without_a_valid_header_has_no_records() {
+        assert_eq!(decode_segment(&[]), None);
+        assert_eq!(decode_segment(&[0u8; 64]), None);
+        let mut bytes = segment(1, |_| {});
+        bytes[5] = 1;
+        assert_eq!(decode_segment(&bytes), None);
+        let mut not_header = Vec::new();
+        encode_removed(&mut not_header, 1, id(1));
+        assert_eq!(decode_segment(&not_header), None);
+    }
+}

@@ -1,0 +1,265 @@
+//! The commit journal through the public API: what a crash takes from the message files of
+//! acknowledged mail comes back from the journal at the next open; what was removed, refused
+//! or checkpointed does not.
+//!
+//! A crash is staged by copying the spool directory while the spool is open (the state a
+//! `kill -9` would leave; a clean close checkpoints the journal instead); a power loss on top
+//! of that by deleting or damaging files in the copy (as a crash before the kernel wrote them
+//! back would). The copy is then opened.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use spool::{Envelope, QueueId, Recipient, RecipientState, Spool, SpoolOptions};
+
+fn durable() -> SpoolOptions {
+    SpoolOptions::default()
+}
+
+/// Commits `content` as a new message and returns its envelope as stored.
+fn commit(spool: &Spool, content: &[u8]) -> Envelope {
+    let mut writer = spool.create().unwrap();
+    writer.write_all(content).unwrap();
+    let mut envelope = Envelope::new(writer.id(), 1_800_000_000);
+    envelope.mail_from = "printer@contoso.com".into();
+    envelope.recipients = vec![Recipient {
+        address: "bob@fabrikam.example".into(),
+        notify: None,
+        orcpt: None,
+        state: RecipientState::Pending,
+        last_reply: None,
+        attempts: 0,
+    }];
+    spool
+        .commit(writer, envelope)
+        .wait()
+        .unwrap()
+        .envelope()
+        .clone()
+}
+
+/// A copy of the spool at `dir` as it is on disk right now, as a crash would leave it.
+fn crash_image(dir: &Path) -> tempfile::TempDir {
+    let image = tempfile::tempdir().unwrap();
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let target = image.path().join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            fs::create_dir(&target).unwrap();
+            for file in fs::read_dir(entry.path()).unwrap() {
+                let file = file.unwrap();
+                fs::copy(file.path(), target.join(file.file_name())).unwrap();
+            }
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+    image
+}
+
+fn queued(dir: &Path, id: QueueId, ext: &str) -> PathBuf {
+    dir.join(format!("queue/{id}.{ext}"))
+}
+
+fn queued_ids(report: &spool::RecoveryReport) -> Vec<QueueId> {
+    let mut ids: Vec<QueueId> = report.queued.iter().map(|e| e.id).collect();
+    ids.sort();
+    ids
+}
+
+fn content(spool: &Spool, id: QueueId) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut spool.open_content(id).unwrap(), &mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn acknowledged_mail_whose_files_were_lost_or_damaged_is_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
+    let lost = commit(&spool, b"Subject: lost\r\n\r\nboth files gone\r\n");
+    let empty_envelope = commit(
+        &spool,
+        b"Subject: empty\r\n\r\nenvelope never written back\r\n",
+    );
+    let torn = commit(
+        &spool,
+        b"Subject: torn\r\n\r\ncontent half written back\r\n",
+    );
+    let intact = commit(&spool, b"Subject: fine\r\n\r\nuntouched\r\n");
+    let image = crash_image(dir.path());
+    drop(spool);
+    let dir = image;
+
+    fs::remove_file(queued(dir.path(), lost.id, "env")).unwrap();
+    fs::remove_file(queued(dir.path(), lost.id, "msg")).unwrap();
+    fs::write(queued(dir.path(), empty_envelope.id, "env"), b"").unwrap();
+    fs::write(
+        queued(dir.path(), torn.id, "msg"),
+        b"Subject: torn\r\n\r\ncon",
+    )
+    .unwrap();
+
+    let (spool, report) = Spool::open(dir.path(), durable()).unwrap();
+    let mut restored = report.restored_from_journal.clone();
+    restored.sort();
+    let mut expected = vec![lost.id, empty_envelope.id, torn.id];
+    expected.sort();
+    assert_eq!(restored, expected);
+    let mut all = vec![lost.id, empty_envelope.id, torn.id, intact.id];
+    all.sort();
+    assert_eq!(queued_ids(&report), all);
+    assert_eq!(
+        content(&spool, lost.id),
+        b"Subject: lost\r\n\r\nboth files gone\r\n"
+    );
+    assert_eq!(
+        content(&spool, torn.id),
+        b"Subject: torn\r\n\r\ncontent half written back\r\n"
+    );
+    assert_eq!(spool.load_envelope(lost.id).unwrap(), lost);
+    for envelope in &report.queued {
+        spool.verify_content(envelope).unwrap();
+    }
+    // The damaged files were kept for a human, not deleted: two pairs.
+    assert_eq!(report.quarantined.len(), 4, "{:?}", report.quarantined);
+    assert!(
+        report
+            .quarantined
+            .iter()
+            .all(|(path, reason)| path.exists()
+                && reason.contains("restored from the commit journal")),
+        "{:?}",
+        report.quarantined
+    );
+
+    // Replayed once: the next open has nothing more to restore.
+    drop(spool);
+    let (_spool, report) = Spool::open(dir.path(), durable()).unwrap();
+    assert!(report.restored_from_journal.is_empty());
+    assert_eq!(queued_ids(&report), all);
+}
+
+#[test]
+fn removed_mail_is_not_brought_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
+    let delivered = commit(&spool, b"delivered");
+    let waiting = commit(&spool, b"still queued");
+    spool.remove(delivered.id).unwrap();
+    // The removal is logged by the committer thread; a later commit is processed after it.
+    commit(&spool, b"after the removal");
+    let image = crash_image(dir.path());
+    drop(spool);
+
+    let (_spool, report) = Spool::open(image.path(), durable()).unwrap();
+    assert!(
+        report.restored_from_journal.is_empty(),
+        "{:?}",
+        report.restored_from_journal
+    );
+    assert_eq!(report.queued.len(), 2);
+    assert!(queued_ids(&report).contains(&waiting.id));
+    assert!(!queued_ids(&report).contains(&delivered.id));
+}
+
+#[test]
+fn large_messages_bypass_the_journal_and_are_synced_with_syncfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
+    commit(&spool, b"small");
+    let large = commit(&spool, &vec![b'x'; 200 * 1024]);
+    let stats = spool.commit_stats();
+    assert_eq!((stats.journal_syncs, stats.filesystem_syncs), (1, 1));
+    let image = crash_image(dir.path());
+    drop(spool);
+
+    // The large message has no record to come back from: its files are the only copy.
+    fs::remove_file(queued(image.path(), large.id, "env")).unwrap();
+    let (_spool, report) = Spool::open(image.path(), durable()).unwrap();
+    assert!(report.restored_from_journal.is_empty());
+}
+
+#[test]
+fn a_full_segment_is_checkpointed_and_only_the_current_generation_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SpoolOptions {
+        journal_segment: 64 * 1024,
+        ..durable()
+    };
+    let (spool, _) = Spool::open(dir.path(), options).unwrap();
+    let body = vec![b'y'; 20 * 1024];
+    let messages: Vec<Envelope> = (0..40).map(|_| commit(&spool, &body)).collect();
+    let stats = spool.commit_stats();
+    assert_eq!(stats.journal_syncs, 40);
+    // 40 records of ~20 KiB in 64 KiB segments: a checkpoint every fourth batch.
+    assert!((8..=13).contains(&stats.filesystem_syncs), "{stats:?}");
+    let image = crash_image(dir.path());
+    drop(spool);
+    let dir = image;
+
+    // Both segments stay small however much mail went through.
+    for segment in ["0.log", "1.log"] {
+        let len = fs::metadata(dir.path().join("journal").join(segment))
+            .unwrap()
+            .len();
+        assert!(len <= 1024 * 1024, "{segment}: {len} bytes");
+    }
+    // Files of the first message were made durable by a checkpoint long ago: its record is
+    // in an old generation and not replayed. The last message's record is current.
+    let (first, last) = (&messages[0], &messages[39]);
+    for message in [first, last] {
+        fs::remove_file(queued(dir.path(), message.id, "env")).unwrap();
+        fs::remove_file(queued(dir.path(), message.id, "msg")).unwrap();
+    }
+    let (_spool, report) = Spool::open(dir.path(), options).unwrap();
+    assert_eq!(report.restored_from_journal, vec![last.id]);
+    assert_eq!(report.queued.len(), 39);
+}
+
+#[test]
+fn opening_without_sync_replays_then_removes_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
+    let message = commit(&spool, b"kept by the journal");
+    let image = crash_image(dir.path());
+    drop(spool);
+    let dir = image;
+    fs::remove_file(queued(dir.path(), message.id, "env")).unwrap();
+
+    let fast = SpoolOptions {
+        sync: false,
+        ..durable()
+    };
+    let (spool, report) = Spool::open(dir.path(), fast).unwrap();
+    assert_eq!(report.restored_from_journal, vec![message.id]);
+    assert!(
+        fs::read_dir(dir.path().join("journal"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a spool that does not sync keeps no journal"
+    );
+    // Mail removed meanwhile is not logged anywhere, and must not come back later.
+    spool.remove(message.id).unwrap();
+    drop(spool);
+    let (_spool, report) = Spool::open(dir.path(), durable()).unwrap();
+    assert!(report.queued.is_empty());
+}
+
+#[test]
+fn a_clean_close_leaves_nothing_to_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
+    let message = commit(&spool, b"closed cleanly");
+    drop(spool);
+    // After a checkpoint the files are the only copy; an envelope removed by hand stays gone.
+    fs::remove_file(queued(dir.path(), message.id, "env")).unwrap();
+    let (_spool, report) = Spool::open(dir.path(), durable()).unwrap();
+    assert!(report.restored_from_journal.is_empty());
+    assert!(report.queued.is_empty());
+    assert_eq!(report.removed_incomplete.len(), 1);
+}
