@@ -46,6 +46,7 @@ pub const WRITE_BUFFER: usize = 64 * 1024;
 #[must_use = "a Durable is the licence to answer 250; dropping it answers nothing"]
 pub struct Durable {
     envelope: Envelope,
+    content: Option<Vec<u8>>,
 }
 
 impl Durable {
@@ -58,6 +59,12 @@ impl Durable {
     /// handing the message to the queue manager.
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
+    }
+
+    /// The content as committed, when the spool kept a copy for its journal (small messages);
+    /// lets the first delivery skip reading the file back. `None` after the first call.
+    pub fn take_content(&mut self) -> Option<Vec<u8>> {
+        self.content.take()
     }
 }
 
@@ -612,6 +619,7 @@ fn commit_batch(
         let id = pending.id();
         let durable = Durable {
             envelope: pending.envelope,
+            content: pending.record.map(|(_, content)| content),
         };
         if pending.reply.send(Ok(durable)).is_err() {
             withdrawn.push(id);

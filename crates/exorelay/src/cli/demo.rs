@@ -18,7 +18,7 @@ use spool::{Envelope, QueueId, Recipient, RecipientState};
 
 use crate::cli::serve::Relay;
 use crate::config::{Config, Upstream, UpstreamTls};
-use crate::delivery::client::Connection;
+use crate::delivery::client::{Connection, Content};
 use crate::delivery::route;
 use crate::exosim::{Exosim, Options, SourceIp};
 use crate::inbound::session::now_unix;
@@ -375,7 +375,7 @@ async fn deliver(
         .map_err(|e| e.to_string())?;
     let content = std::fs::File::open(&file).map_err(|e| e.to_string())?;
     let outcome = connection
-        .deliver(&envelope, content)
+        .deliver(&envelope, Content::File(content))
         .await
         .map_err(|e| e.to_string())?;
     connection.quit().await;

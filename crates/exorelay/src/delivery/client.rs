@@ -296,7 +296,7 @@ impl Connection {
     pub async fn deliver(
         &mut self,
         envelope: &Envelope,
-        content: std::fs::File,
+        content: Content,
     ) -> Result<TransactionOutcome, DeliveryError> {
         if !self.caps.accepts_size(envelope.size) {
             let reply = Reply::new(
@@ -473,15 +473,32 @@ fn outgoing_envelope(envelope: &Envelope, caps: &Capabilities) -> OutgoingEnvelo
     }
 }
 
-/// Reads the next piece of the content. The file was just written by the spool and is read
-/// from the page cache, 64 KiB at a time: a plain read costs less than a hop to tokio's
-/// blocking pool per piece.
-fn read_piece(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize, DeliveryError> {
-    std::io::Read::read(file, buf).map_err(|e| DeliveryError::Spool(e.to_string()))
+/// Where a message's content comes from.
+#[derive(Debug)]
+pub enum Content {
+    /// The spool file, read from the page cache 64 KiB at a time: a plain read costs less
+    /// than a hop to tokio's blocking pool per piece.
+    File(std::fs::File),
+    /// The copy the spool kept of a small message just committed.
+    Memory(std::io::Cursor<Vec<u8>>),
+}
+
+impl std::io::Read for Content {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Content::File(file) => std::io::Read::read(file, buf),
+            Content::Memory(bytes) => std::io::Read::read(bytes, buf),
+        }
+    }
+}
+
+/// Reads the next piece of the content.
+fn read_piece(content: &mut Content, buf: &mut [u8]) -> Result<usize, DeliveryError> {
+    std::io::Read::read(content, buf).map_err(|e| DeliveryError::Spool(e.to_string()))
 }
 
 /// Streams the content dot-stuffed, ending with the terminator (DATA).
-async fn send_stuffed(io: &mut Box<dyn Io>, mut file: std::fs::File) -> Result<(), DeliveryError> {
+async fn send_stuffed(io: &mut Box<dyn Io>, mut file: Content) -> Result<(), DeliveryError> {
     let mut stuffer = DotStuffer::new();
     let mut buf = vec![0u8; CONTENT_CHUNK];
     let mut out = Vec::with_capacity(CONTENT_CHUNK + CONTENT_CHUNK / 32);
@@ -499,7 +516,7 @@ async fn send_stuffed(io: &mut Box<dyn Io>, mut file: std::fs::File) -> Result<(
 }
 
 /// Streams the content as is (one BDAT LAST chunk).
-async fn send_raw(io: &mut Box<dyn Io>, mut file: std::fs::File) -> Result<(), DeliveryError> {
+async fn send_raw(io: &mut Box<dyn Io>, mut file: Content) -> Result<(), DeliveryError> {
     let mut buf = vec![0u8; CONTENT_CHUNK];
     loop {
         let n = read_piece(&mut file, &mut buf)?;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::info;
 
-use crate::delivery::client::{Connection, DeliveryError};
+use crate::delivery::client::{Connection, Content, DeliveryError};
 use crate::delivery::route::Route;
 
 /// How long an idle connection is kept for the next message.
@@ -41,8 +41,8 @@ struct Warm {
 
 /// Messages for a pool task.
 enum PoolEvent {
-    /// Deliver this message.
-    Deliver(Envelope),
+    /// Deliver this message (with its content when it is in memory).
+    Deliver(Envelope, Option<Vec<u8>>),
     /// A delivery finished; its connection is back (None: it broke).
     Finished(Option<Warm>),
 }
@@ -76,9 +76,10 @@ impl Pool {
         Pool { events }
     }
 
-    /// Queues a message for delivery.
-    pub fn deliver(&self, envelope: Envelope) {
-        let _ = self.events.send(PoolEvent::Deliver(envelope));
+    /// Queues a message for delivery; `content`, when given, is sent instead of reading the
+    /// spool file.
+    pub fn deliver(&self, envelope: Envelope, content: Option<Vec<u8>>) {
+        let _ = self.events.send(PoolEvent::Deliver(envelope, content));
     }
 }
 
@@ -92,7 +93,13 @@ struct PoolTask {
     idle: Vec<Warm>,
     /// Deliveries running.
     busy: usize,
-    waiting: VecDeque<Envelope>,
+    waiting: VecDeque<Message>,
+}
+
+/// A message waiting for a connection: its envelope, and its content when it is in memory.
+struct Message {
+    envelope: Envelope,
+    content: Option<Vec<u8>>,
 }
 
 impl PoolTask {
@@ -101,8 +108,8 @@ impl PoolTask {
         loop {
             tokio::select! {
                 event = inbox.recv() => match event {
-                    Some(PoolEvent::Deliver(envelope)) => {
-                        self.waiting.push_back(envelope);
+                    Some(PoolEvent::Deliver(envelope, content)) => {
+                        self.waiting.push_back(Message { envelope, content });
                         self.start_deliveries();
                     }
                     Some(PoolEvent::Finished(warm)) => {
@@ -131,7 +138,7 @@ impl PoolTask {
             if warm.is_none() && (open >= max || !worth_opening) {
                 return;
             }
-            let Some(envelope) = self.waiting.pop_front() else {
+            let Some(message) = self.waiting.pop_front() else {
                 return;
             };
             self.busy += 1;
@@ -140,7 +147,7 @@ impl PoolTask {
                 self.spool.clone(),
                 self.helo.clone(),
                 warm,
-                envelope,
+                message,
                 self.attempts.clone(),
                 self.events.clone(),
             ));
@@ -182,10 +189,11 @@ async fn deliver(
     spool: Spool,
     helo: String,
     warm: Option<Warm>,
-    envelope: Envelope,
+    message: Message,
     attempts: mpsc::UnboundedSender<Attempt>,
     events: mpsc::UnboundedSender<PoolEvent>,
 ) {
+    let Message { envelope, content } = message;
     let id = envelope.id;
     let mut place = Place {
         events,
@@ -219,7 +227,11 @@ async fn deliver(
         }
     };
     let host = Some(warm.connection.host.clone());
-    let result = match spool.open_content(id) {
+    let content = match content {
+        Some(bytes) => Ok(Content::Memory(std::io::Cursor::new(bytes))),
+        None => spool.open_content(id).map(Content::File),
+    };
+    let result = match content {
         Ok(content) => warm.connection.deliver(&envelope, content).await,
         Err(e) => Err(DeliveryError::Spool(e.to_string())),
     };

@@ -424,7 +424,7 @@ async fn store(
     let recipients = envelope.recipients.len();
     let size = message.writer.bytes_written();
     match ctx.spool.commit(message.writer, envelope).await {
-        Ok(durable) => {
+        Ok(mut durable) => {
             info!(
                 session = peer.session_id,
                 client = %peer.addr,
@@ -435,7 +435,8 @@ async fn store(
                 "queued"
             );
             metrics::ACCEPTED.inc();
-            ctx.queue.queued(durable.envelope().clone());
+            ctx.queue
+                .queued(durable.envelope().clone(), durable.take_content());
             Ok(accepted(durable))
         }
         Err(e) => {

@@ -43,8 +43,8 @@ pub enum Command {
 
 /// Messages for the manager.
 enum Event {
-    /// A message was committed to the spool.
-    Queued(Box<Envelope>),
+    /// A message was committed to the spool (with its content, when the spool kept a copy).
+    Queued(Box<Envelope>, Option<Vec<u8>>),
     /// The start-up scan found a message (due now or later): only scheduled, so old mail
     /// waiting for its retry time does not count as backlog for flow control.
     Recovered(Box<Envelope>),
@@ -67,9 +67,10 @@ pub struct QueueHandle {
 }
 
 impl QueueHandle {
-    /// Tells the manager about a message that is now durable.
-    pub fn queued(&self, envelope: Envelope) {
-        let _ = self.events.send(Event::Queued(Box::new(envelope)));
+    /// Tells the manager about a message that is now durable; `content`, when the spool kept
+    /// a copy, spares its first delivery a read of the file.
+    pub fn queued(&self, envelope: Envelope, content: Option<Vec<u8>>) {
+        let _ = self.events.send(Event::Queued(Box::new(envelope), content));
     }
 
     /// Tells the manager about a message found by the start-up scan.
@@ -127,9 +128,9 @@ struct Manager {
     /// Most messages handed to the pools at once, so a large backlog is loaded a window at a
     /// time (Postfix's active queue) rather than all into memory.
     window: usize,
-    /// Envelopes of freshly queued messages, so their first attempt needs no spool read;
-    /// bounded by [`FRESH_ENVELOPES`].
-    fresh: HashMap<QueueId, Envelope>,
+    /// Freshly queued messages, so their first attempt needs no spool read; bounded by
+    /// [`FRESH_ENVELOPES`] (and their contents by [`FRESH_CONTENTS`]).
+    fresh: HashMap<QueueId, Fresh>,
     /// Deletes finished messages' files on its own thread, so the manager task never blocks
     /// on unlinks (one per delivered message).
     reaper: std::sync::mpsc::Sender<QueueId>,
@@ -168,6 +169,16 @@ const UNREADABLE_RETRY_SECS: u64 = 60;
 
 /// Most envelopes kept in memory for first attempts.
 const FRESH_ENVELOPES: usize = 10_000;
+
+/// Most contents kept in memory for first attempts (each at most the spool's journal limit,
+/// 64 KiB: 16 MiB at worst); beyond that the first attempt reads the file.
+const FRESH_CONTENTS: usize = 256;
+
+/// A freshly queued message waiting for its first attempt.
+struct Fresh {
+    envelope: Envelope,
+    content: Option<Vec<u8>>,
+}
 
 /// Starts the manager and its delivery pools. Messages reach it through the returned handle:
 /// as they are committed, and as the start-up recovery finds them.
@@ -229,10 +240,12 @@ impl Manager {
                 .send_if_modified(|published| std::mem::replace(published, waiting) != waiting);
             tokio::select! {
                 event = inbox.recv() => match event {
-                    Some(Event::Queued(envelope)) => {
+                    Some(Event::Queued(envelope, content)) => {
                         self.schedule.insert(envelope.id, envelope.next_attempt);
                         if self.fresh.len() < FRESH_ENVELOPES {
-                            self.fresh.insert(envelope.id, *envelope);
+                            let content = content.filter(|_| self.fresh.len() < FRESH_CONTENTS);
+                            let envelope = *envelope;
+                            self.fresh.insert(envelope.id, Fresh { envelope, content });
                         }
                     }
                     Some(Event::Recovered(envelope)) => {
@@ -268,10 +281,10 @@ impl Manager {
     }
 
     fn dispatch(&mut self, id: QueueId, now: u64) {
-        let envelope = match self.fresh.remove(&id) {
-            Some(envelope) => envelope,
+        let (envelope, content) = match self.fresh.remove(&id) {
+            Some(Fresh { envelope, content }) => (envelope, content),
             None => match blocking(|| self.load_verified(id)) {
-                Ok(envelope) => envelope,
+                Ok(envelope) => (envelope, None),
                 Err(Unusable::Gone) => return,
                 Err(Unusable::Quarantined(e)) => {
                     warn!(%id, "not delivering: {e}");
@@ -310,7 +323,7 @@ impl Manager {
             return;
         };
         self.in_flight.insert(id, InFlight::default());
-        pool.deliver(envelope);
+        pool.deliver(envelope, content);
     }
 
     /// Loads the envelope of a message this process did not just write (found at start-up,
