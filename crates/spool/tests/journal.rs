@@ -10,10 +10,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use spool::{Envelope, QueueId, Recipient, RecipientState, Spool, SpoolOptions};
+mod support;
+
+use spool::{Envelope, QueueId, Spool, SpoolOptions};
 
 fn durable() -> SpoolOptions {
     SpoolOptions::default()
@@ -21,24 +22,7 @@ fn durable() -> SpoolOptions {
 
 /// Commits `content` as a new message and returns its envelope as stored.
 fn commit(spool: &Spool, content: &[u8]) -> Envelope {
-    let mut writer = spool.create().unwrap();
-    writer.write_all(content).unwrap();
-    let mut envelope = Envelope::new(writer.id(), 1_800_000_000);
-    envelope.mail_from = "printer@contoso.com".into();
-    envelope.recipients = vec![Recipient {
-        address: "bob@fabrikam.example".into(),
-        notify: None,
-        orcpt: None,
-        state: RecipientState::Pending,
-        last_reply: None,
-        attempts: 0,
-    }];
-    spool
-        .commit(writer, envelope)
-        .wait()
-        .unwrap()
-        .envelope()
-        .clone()
+    support::store(spool, content, 1)
 }
 
 /// A copy of the spool at `dir` as it is on disk right now, as a crash would leave it.

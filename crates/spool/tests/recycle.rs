@@ -5,11 +5,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use spool::{Envelope, Error, QueueId, Recipient, RecipientState, Spool, SpoolOptions};
+mod support;
+
+use spool::{Envelope, Error, QueueId, Spool, SpoolOptions};
+use support::store;
 
 fn options(recycle: usize) -> SpoolOptions {
     SpoolOptions {
@@ -17,30 +19,6 @@ fn options(recycle: usize) -> SpoolOptions {
         recycle,
         ..SpoolOptions::default()
     }
-}
-
-/// Commits `content` as a new message with `recipients` recipients and returns its envelope.
-fn store(spool: &Spool, content: &[u8], recipients: usize) -> Envelope {
-    let mut writer = spool.create().unwrap();
-    writer.write_all(content).unwrap();
-    let mut envelope = Envelope::new(writer.id(), 1_800_000_000);
-    envelope.mail_from = "scanner@contoso.com".into();
-    envelope.recipients = (0..recipients)
-        .map(|i| Recipient {
-            address: format!("user{i}@contoso.com"),
-            notify: None,
-            orcpt: None,
-            state: RecipientState::Pending,
-            last_reply: None,
-            attempts: 0,
-        })
-        .collect();
-    spool
-        .commit(writer, envelope)
-        .wait()
-        .unwrap()
-        .envelope()
-        .clone()
 }
 
 fn inode(path: &Path) -> u64 {
