@@ -1,10 +1,11 @@
 //! Writing a new message and making it durable: the writer, the group committer and the
 //! [`Durable`] proof.
 //!
-//! A connection task streams content into a [`MessageWriter`] (`queue/ID.msg`, through a
-//! bounded buffer), then calls `Spool::commit`, which writes `queue/ID.env` — the envelope is
-//! written last, and a `.msg` without its `.env` is an incomplete write that recovery removes —
-//! and hands both files to the committer thread. The committer takes every request waiting (up
+//! A connection task streams content into a [`MessageWriter`] (`queue/ID.msg`, or a recycled
+//! file from `free/` renamed there at commit, through a bounded buffer), then calls
+//! `Spool::commit`, which writes `queue/ID.env` — the envelope is written last, and a `.msg`
+//! without its `.env` is an incomplete write that recovery removes — and hands the message to
+//! the committer thread. The committer takes every request waiting (up
 //! to `max_batch`), makes the whole batch durable with **one** sync, and only then answers
 //! each waiter with a [`Durable`]: when every message of the batch is small, one `fdatasync`
 //! of the commit journal holding their records (see the `journal` module); otherwise one
@@ -32,7 +33,7 @@ use tokio::sync::oneshot;
 
 use crate::disk::{self, Disk, ENV_EXT, Layout, MSG_EXT, RemoveOnDrop, Step};
 use crate::envelope::ENVELOPE_VERSION;
-use crate::journal::{self, JOURNAL_CONTENT_MAX, Journal};
+use crate::journal::{self, JOURNAL_CONTENT_MAX, SharedJournal};
 use crate::recycle::{FreeFiles, Recycled};
 use crate::{Envelope, Error, QueueId};
 
@@ -55,8 +56,8 @@ impl Durable {
         self.envelope.id
     }
 
-    /// The envelope as stored (with `size` and `version` filled in by the spool), for
-    /// handing the message to the queue manager.
+    /// The envelope as stored (with `size`, `content_crc32` and `version` filled in by the
+    /// spool), for handing the message to the queue manager.
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
     }
@@ -176,16 +177,14 @@ impl Drop for MessageWriter {
     }
 }
 
-/// A message on its way through the committer: its two open temporary files and the
-/// removal guards that undo it on failure. Guards are declared envelope first so that, if
-/// both are dropped, the `.env` goes before the `.msg` (a crash in between leaves a lone
-/// `.msg`, which start-up treats as incomplete).
+/// A message on its way through the committer: its journal record's parts and the removal
+/// guards that undo it on failure. Guards are declared envelope first so that, if both are
+/// dropped, the `.env` goes before the `.msg` (a crash in between leaves a lone `.msg`, which
+/// start-up treats as incomplete).
 struct Pending {
     envelope: Envelope,
     /// Envelope text and content for the journal record (`None`: too large to journal).
     record: Option<(Vec<u8>, Vec<u8>)>,
-    env_file: Option<File>,
-    msg_file: Option<File>,
     env_guard: Option<RemoveOnDrop>,
     msg_guard: Option<RemoveOnDrop>,
     reply: oneshot::Sender<Result<Durable, Error>>,
@@ -200,8 +199,6 @@ impl Pending {
     /// tells the waiter (so a waiter that wakes sees the files gone and the count updated).
     fn fail(mut self, error: Error, stats: &Stats) {
         tracing::warn!(queue_id = %self.id(), error = %error, "commit failed; message not queued");
-        self.env_file = None;
-        self.msg_file = None;
         drop(self.env_guard.take());
         drop(self.msg_guard.take());
         stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -309,7 +306,7 @@ impl Future for CommitHandle {
 /// The sending side of the committer, owned by the `Spool`.
 #[derive(Debug)]
 pub(crate) struct Committer {
-    sender: Option<mpsc::Sender<Job>>,
+    sender: Option<mpsc::Sender<Pending>>,
     thread: Option<std::thread::JoinHandle<()>>,
     stats: Arc<Stats>,
     root: PathBuf,
@@ -320,7 +317,7 @@ impl Committer {
     pub(crate) fn start(
         disk: Disk,
         max_batch: usize,
-        journal: Option<Journal>,
+        journal: Option<Arc<SharedJournal>>,
     ) -> Result<Committer, Error> {
         let (sender, receiver) = mpsc::channel();
         let stats = Arc::new(Stats::default());
@@ -328,7 +325,15 @@ impl Committer {
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || run(&disk, &receiver, max_batch.max(1), &thread_stats, journal))
+            .spawn(move || {
+                run(
+                    &disk,
+                    &receiver,
+                    max_batch.max(1),
+                    &thread_stats,
+                    journal.as_deref(),
+                )
+            })
             .map_err(|e| Error::io("start committer thread for", &root, e))?;
         Ok(Committer {
             sender: Some(sender),
@@ -340,15 +345,6 @@ impl Committer {
 
     pub(crate) fn stats(&self) -> CommitStats {
         self.stats.snapshot()
-    }
-
-    /// Notes in the journal that message `id` left `queue/`, so that replay after a crash does
-    /// not bring it back. Written with the next batch (or at once when the committer is idle),
-    /// without a sync of its own.
-    pub(crate) fn removed(&self, id: QueueId) {
-        if let Some(sender) = &self.sender {
-            let _ = sender.send(Job::Removed(id));
-        }
     }
 
     /// Finishes the content file (in `queue/`), writes the envelope next to it and queues
@@ -381,12 +377,12 @@ impl Committer {
             Err(error) => return CommitHandle::failed(error, &self.root),
         };
         let content_copy = writer.copy.take();
-        let (msg_file, msg_guard) = match finish_content(disk, writer) {
+        let msg_guard = match finish_content(disk, writer) {
             Ok(finished) => finished,
             Err(error) => return CommitHandle::failed(error, &self.root),
         };
-        let env_file = match write_envelope_file(disk, &text, &queued_env, free) {
-            Ok(file) => file,
+        match write_envelope_file(disk, &text, &queued_env, free) {
+            Ok(()) => {}
             Err(error) => {
                 drop(msg_guard);
                 return CommitHandle::failed(error, &self.root);
@@ -397,8 +393,6 @@ impl Committer {
         let pending = Pending {
             envelope,
             record: content_copy.map(|content| (text, content)),
-            env_file: Some(env_file),
-            msg_file: Some(msg_file),
             env_guard: Some(RemoveOnDrop::new(queued_env)),
             msg_guard: Some(msg_guard),
             reply,
@@ -409,9 +403,7 @@ impl Committer {
         };
         match &self.sender {
             Some(sender) => {
-                if let Err(mpsc::SendError(Job::Commit(pending))) =
-                    sender.send(Job::Commit(Box::new(pending)))
-                {
+                if let Err(mpsc::SendError(pending)) = sender.send(pending) {
                     let error = Error::CommitterStopped {
                         dir: self.root.clone(),
                     };
@@ -442,9 +434,9 @@ impl Drop for Committer {
 }
 
 /// Flushes the writer's buffer and, for a recycled file, cuts it to the new content's length
-/// and renames it to `queue/ID.msg`. Returns the file and the guard that removes it should the
-/// commit fail.
-fn finish_content(disk: &Disk, mut writer: MessageWriter) -> Result<(File, RemoveOnDrop), Error> {
+/// and renames it to `queue/ID.msg`. Returns the guard that removes the file should the commit
+/// fail.
+fn finish_content(disk: &Disk, mut writer: MessageWriter) -> Result<RemoveOnDrop, Error> {
     let guard = writer.guard.take();
     let out = writer.out.take().ok_or_else(|| {
         Error::io(
@@ -459,89 +451,65 @@ fn finish_content(disk: &Disk, mut writer: MessageWriter) -> Result<(File, Remov
         .into_inner()
         .map_err(|e| Error::io("write", &writer.path, e.into_error()))?;
     if !writer.recycled {
-        return Ok((file, guard));
+        return Ok(guard);
     }
     file.set_len(writer.written)
         .map_err(|e| Error::io("truncate", &writer.path, e))?;
     let queued = Layout::file(&disk.layout.queue, writer.id, MSG_EXT);
     disk.rename(&writer.path, &queued)?;
     guard.disarm();
-    Ok((file, RemoveOnDrop::new(queued)))
+    Ok(RemoveOnDrop::new(queued))
 }
 
 /// Writes `queue/ID.env` with the envelope's text, after the content is complete: its
-/// presence is what marks the message whole. A recycled file is written (padded with
-/// newlines over the old text, then cut to length) while still in `free/` and then renamed;
-/// otherwise the file is created in place. The committer makes it durable.
+/// presence is what marks the message whole. A recycled file is written over the old text and
+/// cut to length while still in `free/`, then renamed; otherwise the file is created in
+/// place. The committer makes it durable.
 fn write_envelope_file(
     disk: &Disk,
     text: &[u8],
     path: &Path,
     free: &FreeFiles,
-) -> Result<File, Error> {
+) -> Result<(), Error> {
     let Some(recycled) = free.take() else {
         let guard = RemoveOnDrop::new(path.to_owned());
         let file = disk::create_new(path)?;
         disk::write_all(&file, text, path)?;
         guard.disarm();
-        return Ok(file);
+        return Ok(());
     };
     let Recycled {
-        file,
-        path: from,
-        length: old_length,
+        file, path: from, ..
     } = recycled;
     let guard = RemoveOnDrop::new(from.clone());
-    let length = text.len() as u64;
-    // Should the new length not reach the disk before a crash, the old text's tail reads as
-    // blank lines, which TOML ignores.
-    let mut padded = text.to_vec();
-    padded.resize(
-        usize::try_from(old_length.max(length)).unwrap_or(text.len()),
-        b'\n',
-    );
-    disk::write_all(&file, &padded, &from)?;
-    file.set_len(length)
+    // Written over the old text, then cut to length. Should a crash keep the old length or
+    // tail, the envelope does not parse or does not match the content: replay rewrites it
+    // from the journal (or, for a message too large for the journal, the `syncfs` before the
+    // 250 has made the length durable).
+    disk::write_all(&file, text, &from)?;
+    file.set_len(text.len() as u64)
         .map_err(|e| Error::io("truncate", &from, e))?;
     disk.rename(&from, path)?;
     guard.disarm();
-    Ok(file)
+    Ok(())
 }
 
-/// Work for the committer thread.
-enum Job {
-    /// Make this message durable.
-    Commit(Box<Pending>),
-    /// Log that this message left `queue/`.
-    Removed(QueueId),
-}
-
-/// The committer thread: one batch at a time until the channel closes.
+/// The committer thread: one batch at a time until the channel closes, then one checkpoint
+/// of the journal, so that the next start has nothing to replay.
 fn run(
     disk: &Disk,
-    receiver: &mpsc::Receiver<Job>,
+    receiver: &mpsc::Receiver<Pending>,
     max_batch: usize,
     stats: &Stats,
-    mut journal: Option<Journal>,
+    journal: Option<&SharedJournal>,
 ) {
     while let Ok(first) = receiver.recv() {
-        let mut batch = Vec::new();
-        let mut removed = Vec::new();
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Commit(pending) => batch.push(*pending),
-                Job::Removed(id) => removed.push(id),
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
             }
-            if batch.len() < max_batch {
-                next = receiver.try_recv().ok();
-            }
-        }
-        if batch.is_empty() {
-            if let Some(journal) = journal.as_mut() {
-                log_removed(disk, journal, &removed, false);
-            }
-            continue;
         }
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats
@@ -550,45 +518,26 @@ fn run(
         stats
             .largest_batch
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
-        commit_batch(disk, batch, &removed, journal.as_mut(), stats);
+        commit_batch(disk, batch, journal, stats);
     }
-    // Closing cleanly: one checkpoint, so the next start has nothing to replay.
-    if let Some(journal) = journal.as_mut()
-        && let Err(e) = journal.checkpoint(disk)
+    if let Some(journal) = journal
+        && let Err(e) = journal.lock().checkpoint(disk)
     {
         tracing::warn!(error = %e, "journal checkpoint at close failed; the next start replays it");
     }
 }
 
-/// Appends removal records (best effort: a lost one only means a redelivery after a crash).
-fn log_removed(disk: &Disk, journal: &mut Journal, ids: &[QueueId], sync: bool) {
-    if ids.is_empty() {
-        return;
-    }
-    let mut records = Vec::new();
-    for id in ids {
-        journal::encode_removed(&mut records, journal.generation(), *id);
-    }
-    if let Err(e) = journal.append(disk, &records, sync) {
-        tracing::warn!(error = %e, "could not log removals in the commit journal");
-    }
-}
-
-/// Commits one batch, answering every waiter; `removed` are removals to log with it.
+/// Commits one batch, answering every waiter.
 fn commit_batch(
     disk: &Disk,
     mut batch: Vec<Pending>,
-    removed: &[QueueId],
-    mut journal: Option<&mut Journal>,
+    journal: Option<&SharedJournal>,
     stats: &Stats,
 ) {
     let queue = &disk.layout.queue;
     if let Err(e) = disk.faults().before(Step::BeginBatch {
         messages: batch.len(),
     }) {
-        if let Some(journal) = journal {
-            log_removed(disk, journal, removed, false);
-        }
         let error = Error::io("commit batch into", queue, e);
         for pending in batch {
             pending.fail(error.duplicate(), stats);
@@ -597,7 +546,7 @@ fn commit_batch(
     }
 
     // 1. Content and envelope on disk, or in the journal: one sync for the batch.
-    let results = sync_batch(disk, &mut batch, removed, journal.as_deref_mut(), stats);
+    let results = sync_batch(disk, &mut batch, journal, stats);
     let mut synced = Vec::with_capacity(batch.len());
     for (pending, result) in batch.into_iter().zip(results) {
         match result {
@@ -634,10 +583,12 @@ fn commit_batch(
 /// that was never acknowledged must not be delivered. Their removal is logged (and synced)
 /// in the journal first, so a crash in between cannot bring them back; envelope before
 /// content, as in `Spool::remove`.
-fn withdraw(disk: &Disk, ids: &[QueueId], journal: Option<&mut Journal>, stats: &Stats) {
+fn withdraw(disk: &Disk, ids: &[QueueId], journal: Option<&SharedJournal>, stats: &Stats) {
     let queue = &disk.layout.queue;
-    if let Some(journal) = journal {
-        log_removed(disk, journal, ids, true);
+    if let Some(journal) = journal
+        && let Err(e) = journal.log_removed(disk, ids, true)
+    {
+        tracing::warn!(error = %e, "could not log withdrawn messages in the commit journal");
     }
     for &id in ids {
         tracing::info!(queue_id = %id, "commit abandoned by its caller; removing the message");
@@ -655,22 +606,18 @@ fn withdraw(disk: &Disk, ids: &[QueueId], journal: Option<&mut Journal>, stats: 
 
 /// Makes every message of `batch` durable with one sync: an `fdatasync` of the journal
 /// holding their records when all are small enough and the spool journals, else a `syncfs`
-/// (whose cost does not grow with the number of files). `removed` are logged first. One
-/// result per message, in order.
+/// (whose cost does not grow with the number of files). One result per message, in order.
 fn sync_batch(
     disk: &Disk,
     batch: &mut [Pending],
-    removed: &[QueueId],
-    journal: Option<&mut Journal>,
+    journal: Option<&SharedJournal>,
     stats: &Stats,
 ) -> Vec<Result<(), Error>> {
     let queue = &disk.layout.queue;
     let checked: Vec<Result<(), Error>> = batch
-        .iter_mut()
+        .iter()
         .map(|p| {
             let id = p.id();
-            p.msg_file = None;
-            p.env_file = None;
             disk.check_sync_file(&Layout::file(queue, id, MSG_EXT))?;
             disk.check_sync_file(&Layout::file(queue, id, ENV_EXT))
         })
@@ -678,14 +625,15 @@ fn sync_batch(
     let synced = match journal {
         Some(journal) if batch.iter().all(|p| p.record.is_some()) => {
             stats.journal_syncs.fetch_add(1, Ordering::Relaxed);
-            journal_batch(disk, journal, batch, &checked, removed, stats)
+            journal_batch(disk, journal, batch, &checked, stats)
         }
-        journal => {
-            if let Some(journal) = journal {
-                log_removed(disk, journal, removed, false);
-            }
+        _ => {
             stats.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
-            disk.sync_filesystem(queue)
+            let synced = disk.sync_filesystem(queue);
+            if let Some(journal) = journal {
+                checkpoint_if_full(disk, journal, stats);
+            }
+            synced
         }
     };
     match synced {
@@ -697,38 +645,59 @@ fn sync_batch(
     }
 }
 
-/// Appends the removals and one record per message that passed its checks to the journal,
-/// checkpointing a full segment first, and syncs it. Should the sync fail, the messages are
-/// logged as removed again (they will be answered 451 and their files removed), so that a
-/// replay never brings back mail that was refused.
+/// Checkpoints a full segment after a batch that was synced with `syncfs` (removals alone
+/// would otherwise grow the segment without end); a failure only means a longer replay.
+fn checkpoint_if_full(disk: &Disk, journal: &SharedJournal, stats: &Stats) {
+    let mut journal = journal.lock();
+    if !journal.is_full() {
+        return;
+    }
+    stats.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = journal.checkpoint(disk) {
+        tracing::warn!(error = %e, "journal checkpoint failed; trying again after the next batch");
+    }
+}
+
+/// Appends one record per message that passed its checks to the journal — checkpointing a
+/// full segment first; a failed checkpoint fails the batch, since a new header may have
+/// reached the other segment — and syncs it, outside the lock so that removals need not wait
+/// for the disk. Should the sync fail, the messages are logged as removed and that is synced
+/// (they will be answered 451 and their files removed), so that a replay never brings back
+/// mail that was refused.
 fn journal_batch(
     disk: &Disk,
-    journal: &mut Journal,
+    journal: &SharedJournal,
     batch: &[Pending],
     checked: &[Result<(), Error>],
-    removed: &[QueueId],
     stats: &Stats,
 ) -> Result<(), Error> {
-    if journal.is_full() {
-        stats.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = journal.checkpoint(disk) {
-            tracing::warn!(error = %e, "journal checkpoint failed; the segment keeps growing");
+    let segment = {
+        let mut journal = journal.lock();
+        if journal.is_full() {
+            stats.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
+            journal.checkpoint(disk)?;
         }
-    }
-    let generation = journal.generation();
-    let mut records = Vec::new();
-    for id in removed {
-        journal::encode_removed(&mut records, generation, *id);
-    }
-    for (pending, check) in batch.iter().zip(checked) {
-        if let (Some((envelope, content)), Ok(())) = (&pending.record, check) {
-            journal::encode_committed(&mut records, generation, pending.id(), envelope, content);
+        let generation = journal.generation();
+        let mut records = Vec::new();
+        for (pending, check) in batch.iter().zip(checked) {
+            if let (Some((envelope, content)), Ok(())) = (&pending.record, check) {
+                journal::encode_committed(
+                    &mut records,
+                    generation,
+                    pending.id(),
+                    envelope,
+                    content,
+                );
+            }
         }
-    }
-    let result = journal.append(disk, &records, true);
-    if result.is_err() {
+        journal.append(disk, &records)?
+    };
+    let synced = segment.sync_data(disk);
+    if synced.is_err() {
         let ids: Vec<QueueId> = batch.iter().map(Pending::id).collect();
-        log_removed(disk, journal, &ids, false);
+        if let Err(e) = journal.log_removed(disk, &ids, true) {
+            tracing::warn!(error = %e, "could not log refused messages in the commit journal");
+        }
     }
-    result
+    synced
 }

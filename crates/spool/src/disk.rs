@@ -3,7 +3,7 @@
 //! ```text
 //! DIR/lock            flock'd for the life of a `Spool`; holds the daemon's pid, for humans
 //! DIR/tmp/            envelope rewrites in progress; anything here at start is removed
-//! DIR/queue/ID.msg    content, bytes exactly as received (written in place)
+//! DIR/queue/ID.msg    content, bytes exactly as received
 //! DIR/queue/ID.env    envelope (TOML); its presence marks the message complete
 //! DIR/hold/ID.{msg,env}     held messages, same pair
 //! DIR/corrupt/        quarantined files; never deleted automatically
@@ -176,14 +176,24 @@ impl Disk {
 
     /// fsync a file's data and metadata (unless syncing is turned off).
     pub(crate) fn sync_file(&self, file: &File, path: &Path) -> Result<(), Error> {
+        self.sync_file_at(Step::SyncFile(path), file, path)
+    }
+
+    /// fsync a file, announcing it to the fault hook as `step`.
+    pub(crate) fn sync_file_at(
+        &self,
+        step: Step<'_>,
+        file: &File,
+        path: &Path,
+    ) -> Result<(), Error> {
         self.faults
-            .before(Step::SyncFile(path))
+            .before(step)
             .and_then(|()| if self.sync { file.sync_all() } else { Ok(()) })
             .map_err(|e| Error::io("fsync", path, e))
     }
 
     /// Flushes every file written on the spool's filesystem with one `syncfs(2)` (unless
-    /// syncing is turned off): one journal commit, whatever the number of files.
+    /// syncing is turned off), whatever the number of files.
     pub(crate) fn sync_filesystem(&self, dir: &Path) -> Result<(), Error> {
         self.faults
             .before(Step::SyncFilesystem(dir))
@@ -203,15 +213,6 @@ impl Disk {
     pub(crate) fn check_sync_file(&self, path: &Path) -> Result<(), Error> {
         self.faults
             .before(Step::SyncFile(path))
-            .map_err(|e| Error::io("fsync", path, e))
-    }
-
-    /// fsync a journal segment after a new header or more prepared space (unless syncing is
-    /// turned off).
-    pub(crate) fn sync_journal_segment(&self, file: &File, path: &Path) -> Result<(), Error> {
-        self.faults
-            .before(Step::PrepareJournal(path))
-            .and_then(|()| if self.sync { file.sync_all() } else { Ok(()) })
             .map_err(|e| Error::io("fsync", path, e))
     }
 
@@ -378,14 +379,28 @@ pub(crate) fn content_checksum(path: &Path) -> Result<(u64, u32), Error> {
     Ok((size, checksum.finalize()))
 }
 
-/// Whether the content file at `path` has the size and CRC-32 `envelope` recorded (an
-/// envelope without a checksum only has its size checked).
-pub(crate) fn content_matches(path: &Path, envelope: &Envelope) -> Result<bool, Error> {
-    let (size, crc) = content_checksum(path)?;
-    Ok(size == envelope.size
+/// Checks the content file at `path` against the size and CRC-32 `envelope` recorded (an
+/// envelope without a checksum only has its size checked); a mismatch is
+/// [`Error::Inconsistent`], saying what differs.
+pub(crate) fn check_content(path: &Path, envelope: &Envelope) -> Result<(), Error> {
+    let (size, actual) = content_checksum(path)?;
+    if size == envelope.size
         && envelope
             .content_crc32
-            .is_none_or(|expected| expected == crc))
+            .is_none_or(|expected| expected == actual)
+    {
+        return Ok(());
+    }
+    let recorded = envelope
+        .content_crc32
+        .map_or_else(|| "no checksum".to_owned(), |c| format!("{c:08x}"));
+    Err(Error::Inconsistent {
+        path: path.to_owned(),
+        reason: format!(
+            "content is {size} bytes with CRC-32 {actual:08x}; the envelope recorded {} bytes with {recorded}",
+            envelope.size
+        ),
+    })
 }
 
 /// Splits a spool file name into id and extension, if it has the form `ID.ext`.

@@ -21,8 +21,9 @@
 //! ```
 //!
 //! All integers are little-endian; the CRC-32 covers the bytes from `kind` to `length` and the
-//! payload. A removal is logged (without a sync of its own) when a message leaves `queue/`,
-//! so that after a crash a delivered message is not brought back.
+//! payload. A removal is logged (without a sync of its own) *before* a message's files leave
+//! `queue/`, so that after a crash a delivered, deleted or refused message is not brought
+//! back; the journal is shared for this between the committer and the spool's removals.
 //!
 //! **Checkpoint.** When the active segment is full, the committer runs one `syncfs` — now
 //! every message file and removal so far is on disk — and starts the next generation in the
@@ -33,12 +34,15 @@
 //! message without a later removal whose files are not intact — envelope missing or
 //! unreadable, content not matching the envelope's size and CRC-32 — is written back from
 //! its record; damaged files found in the way are moved to `corrupt/` first, never deleted.
-//! Then the file system is synced and a fresh generation begins, so nothing is replayed twice.
+//! Then, when the segment held any message, the file system is synced (the files found intact
+//! may only be in the page cache, after a `kill -9`), and a fresh generation begins, so
+//! nothing is replayed twice.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 #[cfg(unix)]
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -118,7 +122,7 @@ pub(crate) fn encode_committed(
 }
 
 /// Appends the record of a removal.
-pub(crate) fn encode_removed(out: &mut Vec<u8>, generation: u64, id: QueueId) {
+fn encode_removed(out: &mut Vec<u8>, generation: u64, id: QueueId) {
     encode(out, KIND_REMOVED, generation, &[&id.ulid().to_bytes()]);
 }
 
@@ -199,11 +203,75 @@ pub(crate) fn decode_segment(bytes: &[u8]) -> Option<(u64, Vec<Record<'_>>)> {
     Some((generation, records))
 }
 
-/// The open journal, owned by the committer thread.
+/// One segment file of the journal.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    path: PathBuf,
+    file: File,
+}
+
+impl Segment {
+    /// Makes everything written to the segment so far durable with one `fdatasync` (data
+    /// only: the segment was prepared, so no metadata changes with an append).
+    pub(crate) fn sync_data(&self, disk: &Disk) -> Result<(), Error> {
+        disk.faults()
+            .before(Step::SyncJournal(&self.path))
+            .and_then(|()| {
+                if disk.syncs() {
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(|e| Error::io("fdatasync", &self.path, e))
+    }
+}
+
+/// The open journal, shared by the committer (records of new messages, checkpoints) and the
+/// spool's removals, which log themselves before a message's files leave `queue/`.
+#[derive(Debug)]
+pub(crate) struct SharedJournal {
+    journal: Mutex<Journal>,
+}
+
+impl SharedJournal {
+    /// Exclusive access for appending or checkpointing. Every field is changed only after
+    /// the file operation it records succeeded, so a panic elsewhere leaves nothing half
+    /// done: poisoning is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Logs that `ids` left `queue/`, so that replay does not bring them back. Without
+    /// `sync` the records are in the page cache at once (a `kill -9` keeps them) and reach
+    /// the disk with the next commit's `fdatasync` or checkpoint; with `sync` they are made
+    /// durable now.
+    pub(crate) fn log_removed(
+        &self,
+        disk: &Disk,
+        ids: &[QueueId],
+        sync: bool,
+    ) -> Result<(), Error> {
+        let segment = {
+            let mut journal = self.lock();
+            let mut records = Vec::with_capacity(ids.len() * (HEADER_LEN + ID_LEN));
+            for &id in ids {
+                encode_removed(&mut records, journal.generation, id);
+            }
+            journal.append(disk, &records)?
+        };
+        if sync {
+            segment.sync_data(disk)?;
+        }
+        Ok(())
+    }
+}
+
+/// The journal's state: which segment is active, in which generation, and where the next
+/// record goes.
 #[derive(Debug)]
 pub(crate) struct Journal {
-    paths: [PathBuf; 2],
-    files: [File; 2],
+    segments: [Arc<Segment>; 2],
     /// Bytes of each segment known to be allocated and synced (its length at open, or as far
     /// as it was prepared since).
     prepared: [u64; 2],
@@ -225,9 +293,13 @@ pub(crate) struct Replay {
 
 impl Journal {
     /// Opens the journal in `DIR/journal/`, replays its active segment (see the module
-    /// documentation) and starts a new generation. Without syncing (`sync: false`, tests),
-    /// the journal is replayed and then removed, and `None` is returned: nothing is journaled.
-    pub(crate) fn open(disk: &Disk, segment_size: u64) -> Result<(Option<Journal>, Replay), Error> {
+    /// documentation), syncs the file system when that segment held any message, and starts
+    /// a new generation. Without syncing (`sync: false`, tests), the journal is replayed and
+    /// then removed, and `None` is returned: nothing is journaled.
+    pub(crate) fn open(
+        disk: &Disk,
+        segment_size: u64,
+    ) -> Result<(Option<Arc<SharedJournal>>, Replay), Error> {
         let dir = &disk.layout.journal;
         let paths = [dir.join("0.log"), dir.join("1.log")];
         let mut contents = [Vec::new(), Vec::new()];
@@ -241,11 +313,13 @@ impl Journal {
             [None, Some(_)] => Some(1),
             [None, None] => None,
         };
-        let replay = match active.and_then(|i| contents.get(i)) {
+        let (had_messages, replay) = match active.and_then(|i| contents.get(i)) {
             Some(bytes) => replay(disk, bytes)?,
-            None => Replay::default(),
+            None => (false, Replay::default()),
         };
-        if !replay.restored.is_empty() || !replay.quarantined.is_empty() {
+        // The files of the replayed messages — restored, or found intact, perhaps only in the
+        // page cache after a kill — must be on disk before their records stop counting.
+        if had_messages {
             disk.sync_filesystem(&disk.layout.queue)?;
         }
         if !disk.syncs() {
@@ -254,15 +328,12 @@ impl Journal {
             }
             return Ok((None, replay));
         }
-        let files = [open_segment(&paths[0])?, open_segment(&paths[1])?];
-        let prepared = [
-            file_len(&files[0], &paths[0])?,
-            file_len(&files[1], &paths[1])?,
-        ];
+        let [first, second] = paths;
+        let segments = [open_segment(first)?, open_segment(second)?];
+        let prepared = [file_len(&segments[0])?, file_len(&segments[1])?];
         let newest = generations[0].max(generations[1]).unwrap_or(0);
         let mut journal = Journal {
-            paths,
-            files,
+            segments: segments.map(Arc::new),
             prepared,
             active: active.unwrap_or(1),
             generation: newest,
@@ -271,7 +342,10 @@ impl Journal {
         };
         journal.start_next_generation(disk)?;
         disk.sync_dir(dir)?;
-        Ok((Some(journal), replay))
+        let shared = SharedJournal {
+            journal: Mutex::new(journal),
+        };
+        Ok((Some(Arc::new(shared)), replay))
     }
 
     /// The generation records are appended with now.
@@ -280,41 +354,46 @@ impl Journal {
     }
 
     /// Writes `records` (encoded with [`Journal::generation`]) at the end of the active
-    /// segment; with `sync`, makes them durable with one `fdatasync`. Preparing more of the
-    /// segment, when needed, costs one extra `fsync` per [`PREPARE_STEP`] bytes.
-    pub(crate) fn append(&mut self, disk: &Disk, records: &[u8], sync: bool) -> Result<(), Error> {
+    /// segment and returns that segment, for the caller to sync once it has let go of the
+    /// lock. Preparing more of the segment, when needed, costs one `fsync` per
+    /// [`PREPARE_STEP`] bytes.
+    pub(crate) fn append(&mut self, disk: &Disk, records: &[u8]) -> Result<Arc<Segment>, Error> {
         let end = self.offset + records.len() as u64;
-        let path = &self.paths[self.active];
-        let file = &self.files[self.active];
-        if end > self.prepared[self.active] {
+        let segment = Arc::clone(&self.segments[self.active]);
+        let prepared = self.prepared[self.active];
+        if end > prepared {
             let target = end.div_ceil(PREPARE_STEP) * PREPARE_STEP;
-            let zeros =
-                vec![0u8; usize::try_from(target - self.prepared[self.active]).unwrap_or(0)];
-            file.write_all_at(&zeros, self.prepared[self.active])
-                .map_err(|e| Error::io("prepare", path, e))?;
-            disk.sync_journal_segment(file, path)?;
+            let zeros = vec![0u8; usize::try_from(target - prepared).unwrap_or(0)];
+            segment
+                .file
+                .write_all_at(&zeros, prepared)
+                .map_err(|e| Error::io("prepare", &segment.path, e))?;
+            disk.sync_file_at(
+                Step::PrepareJournal(&segment.path),
+                &segment.file,
+                &segment.path,
+            )?;
             self.prepared[self.active] = target;
         }
-        file.write_all_at(records, self.offset)
-            .map_err(|e| Error::io("write", path, e))?;
+        segment
+            .file
+            .write_all_at(records, self.offset)
+            .map_err(|e| Error::io("write", &segment.path, e))?;
         self.offset = end;
-        if sync {
-            disk.faults()
-                .before(Step::SyncJournal(path))
-                .and_then(|()| file.sync_data())
-                .map_err(|e| Error::io("fdatasync", path, e))?;
-        }
-        Ok(())
+        Ok(segment)
     }
 
     /// Whether the active segment has grown past its size, so that the committer should
-    /// checkpoint before the next batch.
+    /// checkpoint.
     pub(crate) fn is_full(&self) -> bool {
         self.offset >= self.segment_size
     }
 
     /// Makes every message file written so far durable (one `syncfs`), then starts the next
-    /// generation in the other segment; the old segment's records are no longer needed.
+    /// generation in the other segment; the old segment's records are no longer needed. On
+    /// failure the active segment stays as it was — but a new header that reached the other
+    /// segment would make replay take that segment, so the caller must not acknowledge
+    /// anything more until a checkpoint succeeds.
     pub(crate) fn checkpoint(&mut self, disk: &Disk) -> Result<(), Error> {
         disk.sync_filesystem(&disk.layout.queue)?;
         self.start_next_generation(disk)
@@ -324,10 +403,16 @@ impl Journal {
         let next = 1 - self.active;
         let generation = self.generation + 1;
         let header = encode_segment_header(generation);
-        let (path, file) = (&self.paths[next], &self.files[next]);
-        file.write_all_at(&header, 0)
-            .map_err(|e| Error::io("write", path, e))?;
-        disk.sync_journal_segment(file, path)?;
+        let segment = &self.segments[next];
+        segment
+            .file
+            .write_all_at(&header, 0)
+            .map_err(|e| Error::io("write", &segment.path, e))?;
+        disk.sync_file_at(
+            Step::PrepareJournal(&segment.path),
+            &segment.file,
+            &segment.path,
+        )?;
         self.prepared[next] = self.prepared[next].max(HEADER_LEN as u64);
         self.active = next;
         self.generation = generation;
@@ -337,11 +422,14 @@ impl Journal {
 }
 
 /// Applies the active segment's records: restores every committed, not removed message whose
-/// files are not intact.
-fn replay(disk: &Disk, bytes: &[u8]) -> Result<Replay, Error> {
+/// files are not intact. Also says whether the segment recorded any message at all.
+fn replay(disk: &Disk, bytes: &[u8]) -> Result<(bool, Replay), Error> {
     let Some((_, records)) = decode_segment(bytes) else {
-        return Ok(Replay::default());
+        return Ok((false, Replay::default()));
     };
+    let had_messages = records
+        .iter()
+        .any(|r| matches!(r, Record::Committed { .. }));
     let removed: HashSet<QueueId> = records
         .iter()
         .filter_map(|r| match r {
@@ -364,25 +452,30 @@ fn replay(disk: &Disk, bytes: &[u8]) -> Result<Replay, Error> {
         }
         match stored_state(disk, *id) {
             Stored::Intact => continue,
-            Stored::Missing => {}
+            Stored::Missing(lone_content) => {
+                // A content file without envelope is an incomplete write; the record replaces it.
+                for path in lone_content {
+                    disk::remove_file(&path)?;
+                }
+            }
             Stored::Damaged(paths) => {
                 for path in paths {
                     result.quarantined.push(disk.quarantine(&path)?);
                 }
             }
         }
-        restore(disk, *id, envelope, content)?;
+        restore(*id, envelope, content, &disk.layout.queue)?;
         result.restored.push(*id);
     }
-    Ok(result)
+    Ok((had_messages, result))
 }
 
 /// What is on disk for one journaled message.
 enum Stored {
     /// Envelope readable and content matching it, in `queue/` or `hold/`.
     Intact,
-    /// No envelope in either directory (content alone is an incomplete write).
-    Missing,
+    /// No envelope in either directory; these content files are left of incomplete writes.
+    Missing(Vec<PathBuf>),
     /// These files exist but do not make a whole message.
     Damaged(Vec<PathBuf>),
 }
@@ -395,7 +488,7 @@ fn stored_state(disk: &Disk, id: QueueId) -> Stored {
         let msg = Layout::file(dir, id, MSG_EXT);
         if env.exists()
             && let Ok(envelope) = disk::read_envelope(&env, id)
-            && disk::content_matches(&msg, &envelope).unwrap_or(false)
+            && disk::check_content(&msg, &envelope).is_ok()
         {
             return Stored::Intact;
         }
@@ -407,22 +500,17 @@ fn stored_state(disk: &Disk, id: QueueId) -> Stored {
     if any_envelope {
         Stored::Damaged(present)
     } else {
-        for msg in present {
-            // A lone content file is an incomplete write; the record replaces it.
-            let _ = disk::remove_file(&msg);
-        }
-        Stored::Missing
+        Stored::Missing(present)
     }
 }
 
-/// Writes `queue/ID.msg` and then `queue/ID.env` from a record, each fsync'd.
-fn restore(disk: &Disk, id: QueueId, envelope: &[u8], content: &[u8]) -> Result<(), Error> {
-    let queue = &disk.layout.queue;
+/// Writes `queue/ID.msg` and then `queue/ID.env` from a record (made durable by the `syncfs`
+/// that follows replay).
+fn restore(id: QueueId, envelope: &[u8], content: &[u8], queue: &Path) -> Result<(), Error> {
     for (ext, bytes) in [(MSG_EXT, content), (ENV_EXT, envelope)] {
         let path = Layout::file(queue, id, ext);
         let file = disk::create_new(&path)?;
         disk::write_all(&file, bytes, &path)?;
-        disk.sync_file(&file, &path)?;
     }
     Ok(())
 }
@@ -440,18 +528,23 @@ fn read_if_present(path: &Path) -> Result<Vec<u8>, Error> {
     }
 }
 
-fn open_segment(path: &Path) -> Result<File, Error> {
+fn open_segment(path: PathBuf) -> Result<Segment, Error> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
     options.mode(0o600);
-    options.open(path).map_err(|e| Error::io("open", path, e))
+    let file = options
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    Ok(Segment { path, file })
 }
 
-fn file_len(file: &File, path: &Path) -> Result<u64, Error> {
-    file.metadata()
+fn file_len(segment: &Segment) -> Result<u64, Error> {
+    segment
+        .file
+        .metadata()
         .map(|m| m.len())
-        .map_err(|e| Error::io("stat", path, e))
+        .map_err(|e| Error::io("stat", &segment.path, e))
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@
 //!
 //! Safety: a file in `free/` belongs to no message — recovery never looks there, and at start
 //! its files are simply the pool again. A recycled file is written while still in `free/` and
-//! renamed into `queue/` at commit, before the group commit's `syncfs`; its length is cut to
-//! the new content first. Stale bytes of the old message can therefore only surface after a
-//! power loss on a file system that does not order data before renames, and the content
-//! checksum in the envelope catches that before anything is delivered
-//! (`Spool::verify_content`).
+//! renamed into `queue/` at commit, before the group commit's sync; its length is cut to the
+//! new content first. Stale bytes of the old message can only surface after a power loss: the
+//! commit journal's replay rewrites such a message from its record, and for a message too
+//! large for the journal the content checksum in the envelope catches it before anything is
+//! delivered (`Spool::verify_content`).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -31,8 +31,7 @@ pub(crate) const RECYCLE_MAX_BYTES: u64 = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct FreeFiles {
     dir: PathBuf,
-    /// Each file with its length when it entered the pool.
-    files: Mutex<Vec<(PathBuf, u64)>>,
+    files: Mutex<Vec<PathBuf>>,
     limit: usize,
 }
 
@@ -41,22 +40,25 @@ pub(crate) struct FreeFiles {
 pub(crate) struct Recycled {
     pub(crate) file: File,
     pub(crate) path: PathBuf,
-    /// Its length, i.e. the old content still in it.
-    pub(crate) length: u64,
 }
 
 impl FreeFiles {
     /// The pool for `dir` (`free/`), holding at most `limit` files. The files already there
-    /// (from an earlier run) are taken into the pool; those beyond `limit` are removed.
+    /// (from an earlier run) are taken into the pool; those beyond `limit` or larger than
+    /// [`RECYCLE_MAX_BYTES`] are removed, and anything that is not a file is left alone.
     pub(crate) fn open(dir: &Path, limit: usize) -> Result<FreeFiles, Error> {
         let mut files = Vec::new();
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("list", dir, e))?;
             let path = entry.path();
-            match entry.metadata() {
-                Ok(meta) if files.len() < limit && meta.is_file() => files.push((path, meta.len())),
-                _ => disk::remove_file(&path)?,
+            let meta = entry.metadata().map_err(|e| Error::io("stat", &path, e))?;
+            if !meta.is_file() {
+                tracing::warn!(path = %path.display(), "not a file; left alone in the pool directory");
+            } else if files.len() < limit && meta.len() <= RECYCLE_MAX_BYTES {
+                files.push(path);
+            } else {
+                disk::remove_file(&path)?;
             }
         }
         Ok(FreeFiles {
@@ -70,9 +72,9 @@ impl FreeFiles {
     /// is empty, or the file could not be opened (it is then removed and forgotten).
     pub(crate) fn take(&self) -> Option<Recycled> {
         loop {
-            let (path, length) = self.lock().pop()?;
+            let path = self.lock().pop()?;
             match OpenOptions::new().write(true).open(&path) {
-                Ok(file) => return Some(Recycled { file, path, length }),
+                Ok(file) => return Some(Recycled { file, path }),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot reuse a free spool file; removing it");
                     let _ = disk::remove_file(&path);
@@ -101,7 +103,7 @@ impl FreeFiles {
         let dest = self.dir.join(name);
         match std::fs::rename(path, &dest) {
             Ok(()) => {
-                files.push((dest, size));
+                files.push(dest);
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -114,7 +116,7 @@ impl FreeFiles {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PathBuf, u64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
         // The list is only pushed to and popped from; a panic elsewhere cannot leave it
         // half-changed, so poisoning is ignored.
         self.files.lock().unwrap_or_else(PoisonError::into_inner)

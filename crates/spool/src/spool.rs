@@ -18,7 +18,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use crate::commit::{CommitHandle, CommitStats, Committer, MessageWriter};
 use crate::disk::{self, Disk, ENV_EXT, FaultInjector, Layout, MSG_EXT, NoFaults};
-use crate::journal::{Journal, SEGMENT_SIZE};
+use crate::journal::{Journal, SEGMENT_SIZE, SharedJournal};
 use crate::recover::{self, RecoveryReport};
 use crate::recycle::FreeFiles;
 use crate::{Envelope, Error, QueueId};
@@ -71,8 +71,9 @@ struct Inner {
     created_during_recovery: Mutex<Option<HashSet<QueueId>>>,
     /// Declared before `lock` so it stops (finishing queued commits) before the lock goes.
     committer: Committer,
-    /// Whether small messages are committed through the journal (writers keep a copy).
-    journaled: bool,
+    /// The commit journal (`None` when the spool does not sync): small messages are
+    /// committed through it, and removals are logged in it.
+    journal: Option<Arc<SharedJournal>>,
     /// Files of delivered messages, reused for new ones.
     free: FreeFiles,
     stripes: Vec<Mutex<()>>,
@@ -160,8 +161,7 @@ impl Spool {
                 (path, reason.to_owned())
             }));
         let free = FreeFiles::open(&disk.layout.free, options.recycle)?;
-        let journaled = journal.is_some();
-        let committer = Committer::start(disk.clone(), options.max_batch, journal)?;
+        let committer = Committer::start(disk.clone(), options.max_batch, journal.clone())?;
         tracing::info!(
             dir = %dir.display(),
             queued = report.queued.len(),
@@ -175,7 +175,7 @@ impl Spool {
             disk,
             created_during_recovery: Mutex::new(deferred.then(HashSet::new)),
             committer,
-            journaled,
+            journal,
             free,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             _lock: lock,
@@ -220,16 +220,17 @@ impl Spool {
             &self.inner.disk.layout.queue,
             id,
             self.inner.free.take(),
-            self.inner.journaled,
+            self.inner.journal.is_some(),
         )
     }
 
     /// Hands a finished message to the group committer. `envelope.id` must be `writer.id()`.
     ///
     /// The spool sets `envelope.size` to the bytes written and `envelope.version` to the
-    /// format it writes. This call writes the small envelope file and the writer's last
-    /// buffered chunk, then returns; the fsyncs happen on the committer thread, and the
-    /// returned handle resolves when they are done.
+    /// format it writes. This call writes the writer's last buffered chunk and the small
+    /// envelope file (a recycled content file is cut to length and renamed into `queue/`),
+    /// then returns; the sync happens on the committer thread, and the returned handle
+    /// resolves when it is done.
     pub fn commit(&self, writer: MessageWriter, envelope: Envelope) -> CommitHandle {
         self.inner
             .committer
@@ -270,18 +271,20 @@ impl Spool {
         File::open(&path).map_err(|e| Error::io("open", &path, e))
     }
 
-    /// Deletes message `id` (after delivery, or by the operator): its files go to the pool in
-    /// `free/` for reuse, or are unlinked when the pool is full. The envelope goes first, so
-    /// a crash part-way leaves only a `.msg`, which start-up removes as incomplete.
+    /// Deletes message `id` (after delivery, or by the operator): the removal is logged in the
+    /// commit journal, then its files go to the pool in `free/` for reuse, or are unlinked
+    /// when the pool is full. The envelope goes first, so a crash part-way leaves only a
+    /// `.msg`, which start-up removes as incomplete.
     ///
-    /// The directory is not fsync'd: a removal is visible at once to every process (and so
-    /// survives `kill -9`), and should a power loss undo it, the message is delivered again —
+    /// Nothing is fsync'd: the journal record and the renames are visible at once to every
+    /// process (and so survive `kill -9`), and should a power loss undo them, the message is
+    /// delivered again —
     /// at-least-once, as promised. An fsync per delivered message would otherwise compete with
     /// the group commits that stand between clients and their 250 (Postfix does the same).
     pub fn remove(&self, id: QueueId) -> Result<(), Error> {
         let _guard = self.lock(id);
         let (dir, _) = self.locate(id)?;
-        self.inner.committer.removed(id);
+        self.log_removed(id);
         self.inner.free.give(&Layout::file(dir, id, ENV_EXT))?;
         self.inner.free.give(&Layout::file(dir, id, MSG_EXT))
     }
@@ -297,24 +300,13 @@ impl Spool {
     /// are delivered, since a power loss may have kept an envelope whose content did not
     /// reach the disk.
     pub fn verify_content(&self, envelope: &Envelope) -> Result<(), Error> {
-        let Some(expected) = envelope.content_crc32 else {
+        if envelope.content_crc32.is_none() {
             return Ok(());
-        };
+        }
         let id = envelope.id;
         let _guard = self.lock(id);
         let (dir, _) = self.locate(id)?;
-        let path = Layout::file(dir, id, MSG_EXT);
-        let (size, actual) = disk::content_checksum(&path)?;
-        if size == envelope.size && actual == expected {
-            return Ok(());
-        }
-        Err(Error::Inconsistent {
-            path,
-            reason: format!(
-                "content is {size} bytes with CRC-32 {actual:08x}; the envelope recorded {} bytes with {expected:08x}",
-                envelope.size
-            ),
-        })
+        disk::check_content(&Layout::file(dir, id, MSG_EXT), envelope)
     }
 
     /// Moves both files of message `id` to `corrupt/` (never deleting them) and returns their
@@ -323,7 +315,7 @@ impl Spool {
         let _guard = self.lock(id);
         let (dir, _) = self.locate(id)?;
         let disk = &self.inner.disk;
-        self.inner.committer.removed(id);
+        self.log_removed(id);
         let mut moved = Vec::new();
         for ext in [ENV_EXT, MSG_EXT] {
             let path = Layout::file(dir, id, ext);
@@ -387,6 +379,17 @@ impl Spool {
         }
         disk.sync_dir(to)?;
         disk.sync_dir(from)
+    }
+
+    /// Logs in the journal, before the files of `id` leave `queue/`, that it is gone, so that
+    /// a replay after a crash does not bring it back. Should that fail, the removal goes on:
+    /// the worst outcome is the message delivered again after a crash (at-least-once).
+    fn log_removed(&self, id: QueueId) {
+        if let Some(journal) = &self.inner.journal
+            && let Err(e) = journal.log_removed(&self.inner.disk, &[id], false)
+        {
+            tracing::warn!(queue_id = %id, error = %e, "could not log a removal in the commit journal");
+        }
     }
 
     /// Where message `id` lives: its directory and whether that is `hold/`.

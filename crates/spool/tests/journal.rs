@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 mod support;
 
-use spool::{Envelope, QueueId, Spool, SpoolOptions};
+use std::sync::{Arc, Mutex};
+
+use spool::{Envelope, FaultInjector, QueueId, Spool, SpoolOptions, Step};
 
 fn durable() -> SpoolOptions {
     SpoolOptions::default()
@@ -23,25 +25,6 @@ fn durable() -> SpoolOptions {
 /// Commits `content` as a new message and returns its envelope as stored.
 fn commit(spool: &Spool, content: &[u8]) -> Envelope {
     support::store(spool, content, 1)
-}
-
-/// A copy of the spool at `dir` as it is on disk right now, as a crash would leave it.
-fn crash_image(dir: &Path) -> tempfile::TempDir {
-    let image = tempfile::tempdir().unwrap();
-    for entry in fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let target = image.path().join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            fs::create_dir(&target).unwrap();
-            for file in fs::read_dir(entry.path()).unwrap() {
-                let file = file.unwrap();
-                fs::copy(file.path(), target.join(file.file_name())).unwrap();
-            }
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
-    image
 }
 
 fn queued(dir: &Path, id: QueueId, ext: &str) -> PathBuf {
@@ -74,7 +57,7 @@ fn acknowledged_mail_whose_files_were_lost_or_damaged_is_restored() {
         b"Subject: torn\r\n\r\ncontent half written back\r\n",
     );
     let intact = commit(&spool, b"Subject: fine\r\n\r\nuntouched\r\n");
-    let image = crash_image(dir.path());
+    let image = support::crash_image(dir.path());
     drop(spool);
     let dir = image;
 
@@ -134,9 +117,8 @@ fn removed_mail_is_not_brought_back() {
     let delivered = commit(&spool, b"delivered");
     let waiting = commit(&spool, b"still queued");
     spool.remove(delivered.id).unwrap();
-    // The removal is logged by the committer thread; a later commit is processed after it.
-    commit(&spool, b"after the removal");
-    let image = crash_image(dir.path());
+    // A crash right after the removal returned: its record is already in the journal.
+    let image = support::crash_image(dir.path());
     drop(spool);
 
     let (_spool, report) = Spool::open(image.path(), durable()).unwrap();
@@ -145,9 +127,7 @@ fn removed_mail_is_not_brought_back() {
         "{:?}",
         report.restored_from_journal
     );
-    assert_eq!(report.queued.len(), 2);
-    assert!(queued_ids(&report).contains(&waiting.id));
-    assert!(!queued_ids(&report).contains(&delivered.id));
+    assert_eq!(queued_ids(&report), vec![waiting.id]);
 }
 
 #[test]
@@ -158,13 +138,18 @@ fn large_messages_bypass_the_journal_and_are_synced_with_syncfs() {
     let large = commit(&spool, &vec![b'x'; 200 * 1024]);
     let stats = spool.commit_stats();
     assert_eq!((stats.journal_syncs, stats.filesystem_syncs), (1, 1));
-    let image = crash_image(dir.path());
+    let image = support::crash_image(dir.path());
     drop(spool);
 
     // The large message has no record to come back from: its files are the only copy.
     fs::remove_file(queued(image.path(), large.id, "env")).unwrap();
     let (_spool, report) = Spool::open(image.path(), durable()).unwrap();
     assert!(report.restored_from_journal.is_empty());
+    assert!(!queued_ids(&report).contains(&large.id));
+    assert_eq!(
+        report.removed_incomplete,
+        vec![queued(image.path(), large.id, "msg")]
+    );
 }
 
 #[test]
@@ -181,7 +166,7 @@ fn a_full_segment_is_checkpointed_and_only_the_current_generation_is_replayed() 
     assert_eq!(stats.journal_syncs, 40);
     // 40 records of ~20 KiB in 64 KiB segments: a checkpoint every fourth batch.
     assert!((8..=13).contains(&stats.filesystem_syncs), "{stats:?}");
-    let image = crash_image(dir.path());
+    let image = support::crash_image(dir.path());
     drop(spool);
     let dir = image;
 
@@ -209,7 +194,7 @@ fn opening_without_sync_replays_then_removes_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
     let message = commit(&spool, b"kept by the journal");
-    let image = crash_image(dir.path());
+    let image = support::crash_image(dir.path());
     drop(spool);
     let dir = image;
     fs::remove_file(queued(dir.path(), message.id, "env")).unwrap();
@@ -246,4 +231,48 @@ fn a_clean_close_leaves_nothing_to_replay() {
     assert!(report.restored_from_journal.is_empty());
     assert!(report.queued.is_empty());
     assert_eq!(report.removed_incomplete.len(), 1);
+}
+
+/// Records the kind of every step the spool announces.
+#[derive(Debug, Default)]
+struct Steps(Mutex<Vec<&'static str>>);
+
+impl FaultInjector for Steps {
+    fn before(&self, step: Step<'_>) -> std::io::Result<()> {
+        let name = match step {
+            Step::SyncFilesystem(_) => "syncfs",
+            Step::PrepareJournal(_) => "prepare journal",
+            _ => "other",
+        };
+        self.0.lock().unwrap().push(name);
+        Ok(())
+    }
+}
+
+/// After a `kill -9` the files of the journaled messages may be only in the page cache:
+/// opening syncs them before a new generation makes their records obsolete.
+#[test]
+fn reopening_after_a_kill_syncs_the_files_before_the_records_stop_counting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
+    commit(&spool, b"only in the page cache, maybe");
+    let image = support::crash_image(dir.path());
+    drop(spool);
+
+    let steps = Arc::new(Steps::default());
+    let (_spool, report) = Spool::open_with_faults(image.path(), durable(), steps.clone()).unwrap();
+    assert!(report.restored_from_journal.is_empty());
+    let seen = steps.0.lock().unwrap().clone();
+    let sync = seen.iter().position(|s| *s == "syncfs");
+    let header = seen.iter().position(|s| *s == "prepare journal");
+    assert!(
+        matches!((sync, header), (Some(s), Some(h)) if s < h),
+        "{seen:?}"
+    );
+
+    // With nothing journaled (a clean close checkpointed), opening needs no syncfs.
+    let steps = Arc::new(Steps::default());
+    drop(_spool);
+    let (_spool, _) = Spool::open_with_faults(image.path(), durable(), steps.clone()).unwrap();
+    assert!(!steps.0.lock().unwrap().contains(&"syncfs"));
 }

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::Duration;
 
+mod support;
+
 use spool::{
     CommitHandle, Envelope, Error, FaultInjector, MailParameters, QueueId, Recipient,
     RecipientState, Spool, SpoolOptions, SpoolReader, Step,
@@ -743,7 +745,6 @@ fn max_batch_caps_a_batch() {
     assert!(stats.batches >= 5, "{stats:?}");
 }
 
-/// Fails the first step that matches.
 /// The same with the pool in `free/` primed, so the commit takes the reuse path (content and
 /// envelope renamed from `free/` into `queue/`): a failure at any of its steps leaves nothing
 /// in `queue/`, and the spool goes on working.
@@ -766,11 +767,20 @@ fn a_failed_commit_into_reused_files_never_leaves_a_file_in_queue() {
         commit_fails_and_leaves_queue_empty(&spool, &faults, dir.path(), b"doomed");
 
         let good = store(&spool, b"fine");
-        drop(spool);
-        let (_spool, report) = Spool::open(dir.path(), fast()).unwrap();
-        assert_eq!(report.queued, vec![good], "{which}");
-        assert!(report.quarantined.is_empty(), "{which}");
+        assert_restart_finds_only(&spool, dir.path(), &good, which);
     }
+}
+
+/// A crash now (a copy of the spool, so the journal is replayed rather than checkpointed by a
+/// clean close) and a restart find `good` alone: the refused message is not brought back.
+fn assert_restart_finds_only(spool: &Spool, dir: &Path, good: &Envelope, which: &str) {
+    let image = support::crash_image(dir);
+    let (_restarted, report) = Spool::open(image.path(), durable_options()).unwrap();
+    assert_eq!(report.queued, vec![good.clone()], "{which}");
+    assert!(report.restored_from_journal.is_empty(), "{which}");
+    assert!(report.quarantined.is_empty(), "{which}");
+    drop(_restarted);
+    assert_eq!(spool.load_envelope(good.id).unwrap(), *good);
 }
 
 /// Commits one message through `spool`, whose `faults` fail one step: the commit must fail
@@ -796,6 +806,7 @@ fn commit_fails_and_leaves_queue_empty(spool: &Spool, faults: &FailAt, dir: &Pat
     );
 }
 
+/// Fails the first step that matches `which`.
 #[derive(Debug)]
 struct FailAt {
     which: &'static str,
@@ -856,9 +867,7 @@ fn a_failed_commit_never_leaves_a_file_in_queue() {
 
         // The spool keeps working, and a restart finds only the good message.
         let good = store(&spool, b"fine");
-        drop(spool);
-        let (_spool, report) = Spool::open(dir.path(), fast()).unwrap();
-        assert_eq!(report.queued, vec![good], "{which}");
+        assert_restart_finds_only(&spool, dir.path(), &good, which);
     }
 }
 
@@ -866,9 +875,10 @@ fn a_failed_commit_never_leaves_a_file_in_queue() {
 fn a_dropped_commit_handle_withdraws_the_message() {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
-    let (spool, _) = Spool::open_with_faults(dir.path(), fast(), gate.clone()).unwrap();
+    let (spool, _) = Spool::open_with_faults(dir.path(), durable_options(), gate.clone()).unwrap();
     let writer = spool.create().unwrap();
-    let env = envelope(writer.id());
+    let abandoned = writer.id();
+    let env = envelope(abandoned);
     let handle = spool.commit(writer, env);
     while gate.batches.load(Ordering::SeqCst) == 0 {
         std::thread::sleep(Duration::from_millis(1));
@@ -883,6 +893,12 @@ fn a_dropped_commit_handle_withdraws_the_message() {
         [format!("{id}.env"), format!("{id}.msg")]
     );
     assert_eq!(spool.commit_stats().failed, 1);
+    // Its journal record does not bring it back after a crash either.
+    let image = support::crash_image(dir.path());
+    let (_restarted, report) = Spool::open(image.path(), durable_options()).unwrap();
+    let queued: Vec<QueueId> = report.queued.iter().map(|e| e.id).collect();
+    assert_eq!(queued, vec![id]);
+    assert!(!report.restored_from_journal.contains(&abandoned));
 }
 
 #[test]
