@@ -2,7 +2,8 @@
 # Profiles exorelay under the 10-session 1 KiB workload (one connection per message):
 # CPU times from /proc, a `perf record -g` call graph (software cpu-clock event: this also works
 # in VMs without hardware counters), and syscall counts with `strace -c -f` (a separate run:
-# strace slows the daemon, but the counts per message are what matter). Output in $OUT.
+# strace slows the daemon, but the counts per message are what matter), then messages per
+# group commit sync from the daemon's own counters (`exorelay queue metrics`). Output in $OUT.
 #
 #   bench/profile.sh [MESSAGES]        (default 3000; run bench/relay-vs-postfix.sh once first)
 #
@@ -91,20 +92,23 @@ total=$((total + 1000)); wait_sink $total
 kill -INT $STRACE; wait $STRACE || true
 kill $RELAY; wait $RELAY || true
 head -40 "$OUT/strace.txt"
-echo "profile output in $OUT"
 
-# 3. Group commit: syncfs/fsync counts only (light tracing) at 10 and 50 sessions; one syncfs
-#    (plus one fsync of queue/) per commit batch, so messages / syncfs = messages per batch.
+# 3. Group commit, from the daemon's own counters (no tracing) at 10 and 50 sessions: each
+#    group commit is made durable by one fdatasync of the commit journal (small messages) or
+#    one syncfs (a message too large for the journal; also journal checkpoints), so
+#    messages / (journal syncs + syncfs) = messages per sync.
+metric() { # $1: metric name; reads "$OUT/metrics-$S.txt"
+  awk -v m="$1" '$1==m {print $2}' "$OUT/metrics-$S.txt"
+}
 for S in 10 50; do
   start_relay "$OUT/run-batch$S"
-  strace -f -c -e trace=fsync,fdatasync,syncfs -o "$OUT/strace-sync-$S.txt" -p $RELAY &
-  STRACE=$!
-  sleep 0.5
   /usr/sbin/smtp-source -s $S -m "$N" -l 1024 -M client.bench -f from@contoso.com -t to@example.net 127.0.0.1:$PORT
   total=$((total + N)); wait_sink $total
-  kill -INT $STRACE; wait $STRACE || true
+  (cd "$OUT/run-batch$S" && "$BIN" queue metrics --config relay.toml) > "$OUT/metrics-$S.txt"
   kill $RELAY; wait $RELAY || true
-  syncfs=$(awk '$NF=="syncfs" {print $4}' "$OUT/strace-sync-$S.txt")
-  fsync=$(awk '$NF=="fsync" {print $4}' "$OUT/strace-sync-$S.txt")
-  echo "group commit, $S sessions: $N messages, syncfs ${syncfs:-0}, fsync ${fsync:-0}: $(python3 -c "print(f'{$N/max(1,${syncfs:-0}):.1f}')") messages per syncfs batch" | tee -a "$OUT/batches.txt"
+  msgs=$(metric exorelay_spool_commit_messages_total)
+  journal=$(metric exorelay_spool_journal_syncs_total)
+  syncfs=$(metric exorelay_spool_filesystem_syncs_total)
+  echo "group commit, $S sessions: ${msgs:-0} messages committed, ${journal:-0} journal fdatasyncs, ${syncfs:-0} syncfs: $(python3 -c "print(f'{${msgs:-0}/max(1,${journal:-0}+${syncfs:-0}):.1f}')") messages per sync" | tee -a "$OUT/batches.txt"
 done
+echo "profile output in $OUT"

@@ -8,9 +8,10 @@
 # driver: a counting SMTP sink on 127.0.0.1, and for every workload alternating runs of
 # `direct` (smtp-source straight into the sink), exorelay and a private Postfix instance, each
 # started fresh on a fresh queue directory. Markdown tables go to stdout and to
-# bench/results/<date>.md; progress to stderr. The full matrix (with its STARTTLS rows, relay →
-# sink over TLS) takes ~18 minutes on 2 cores, --quick (no TLS rows) ~2–3 minutes. Everything
-# listens on 127.0.0.1 only; nothing touches a system Postfix.
+# bench/results/<date>.md; progress to stderr. The full run (matrix with its STARTTLS rows,
+# relay → sink over TLS, and the memory and start-up measurements) takes about 11 minutes on 2
+# cores, --quick (no TLS rows) about 2 minutes. Everything listens on 127.0.0.1 only; nothing
+# touches a system Postfix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -31,31 +31,29 @@ pub fn all(
     let mut out = String::from(
         "\n### Memory and start-up (exorelay)\n\n| measurement | result | target |\n|---|---|---|\n",
     );
-    match idle(exorelay, sink, &work.join("idle")) {
-        Ok(line) => out.push_str(&line),
-        Err(e) => {
-            let _ = writeln!(
-                out,
-                "| 1,000 idle connections | failed: {e:#} | < 100 MiB |"
-            );
-        }
-    }
-    match big(exorelay, sink, &work.join("big"), smtp_source) {
-        Ok(line) => out.push_str(&line),
-        Err(e) => {
-            let _ = writeln!(
-                out,
-                "| one 35 MiB message | failed: {e:#} | < 16 MiB growth |"
-            );
-        }
-    }
-    match startup(exorelay, sink, &work.join("startup"), spool_messages) {
-        Ok(line) => out.push_str(&line),
-        Err(e) => {
-            let _ = writeln!(
-                out,
-                "| start-up with {spool_messages} queued | failed: {e:#} | < 5 s |"
-            );
+    let rows: [(String, &str, anyhow::Result<String>); 3] = [
+        (
+            format!("{IDLE_CONNECTIONS} idle connections"),
+            "< 100 MiB",
+            idle(exorelay, sink, &work.join("idle")),
+        ),
+        (
+            "one 35 MiB message".into(),
+            "< 16 MiB growth",
+            big(exorelay, sink, &work.join("big"), smtp_source),
+        ),
+        (
+            format!("start-up with {spool_messages} queued"),
+            "< 5 s",
+            startup(exorelay, sink, &work.join("startup"), spool_messages),
+        ),
+    ];
+    for (what, target, result) in rows {
+        match result {
+            Ok(lines) => out.push_str(&lines),
+            Err(e) => {
+                let _ = writeln!(out, "| {what} | failed: {e:#} | {target} |");
+            }
         }
     }
     Ok(out)
@@ -73,10 +71,9 @@ fn idle(exorelay: &Path, sink: &Sink, dir: &Path) -> anyhow::Result<String> {
             "max_connections = {n}\nmax_connections_per_ip = {n}\n",
             n = IDLE_CONNECTIONS + 100
         ),
-        upstream_closed: false,
-        upstream_ca: None,
+        ..ExoExtra::default()
     };
-    let relay = Exorelay::start(exorelay, dir, sink.port, &extra, &[])?;
+    let relay = Exorelay::start(exorelay, dir, sink.port, &extra)?;
     std::thread::sleep(Duration::from_millis(500));
     let before = rss_kib(relay.pid());
     let started = Instant::now();
@@ -119,10 +116,9 @@ fn big(exorelay: &Path, sink: &Sink, dir: &Path, smtp_source: &Path) -> anyhow::
     std::fs::create_dir_all(dir)?;
     let extra = ExoExtra {
         server: "max_message_size = \"40MiB\"\n".into(),
-        upstream_closed: false,
-        upstream_ca: None,
+        ..ExoExtra::default()
     };
-    let relay = Exorelay::start(exorelay, dir, sink.port, &extra, &[])?;
+    let relay = Exorelay::start(exorelay, dir, sink.port, &extra)?;
     let warm = Workload {
         size: 1024,
         sessions: 1,
@@ -172,15 +168,14 @@ fn startup(exorelay: &Path, sink: &Sink, dir: &Path, count: usize) -> anyhow::Re
     make_spool(&spool_dir, count)?;
     let made = made.elapsed();
     let extra = ExoExtra {
-        server: String::new(),
         upstream_closed: true,
-        upstream_ca: None,
+        ..ExoExtra::default()
     };
     let mut out = String::new();
-    let mut relay = Exorelay::start(exorelay, dir, sink.port, &extra, &[])?;
+    let mut relay = Exorelay::start(exorelay, dir, sink.port, &extra)?;
     let rss = rss_kib(relay.pid());
     // The queue scan may run after the listener opens (it does since commit 48e6b55): wait
-    // for its log line, "spool DIR recovered" (older builds: "spool DIR ready").
+    // for its log line, "spool DIR recovered".
     let scanned = scan_done(&relay);
     let rss_scanned = rss_kib(relay.pid());
     let recovered = recovery_line(&relay);
@@ -200,7 +195,7 @@ fn startup(exorelay: &Path, sink: &Sink, dir: &Path, count: usize) -> anyhow::Re
         .status()
         .is_ok_and(|s| s.success());
     if dropped {
-        let mut relay = Exorelay::start(exorelay, dir, sink.port, &extra, &[])?;
+        let mut relay = Exorelay::start(exorelay, dir, sink.port, &extra)?;
         let scanned = scan_done(&relay);
         relay.stop();
         let _ = writeln!(
@@ -239,7 +234,7 @@ fn recovery_line(relay: &Exorelay) -> String {
     relay
         .log()
         .lines()
-        .find(|l| l.contains(" recovered") || l.contains(" ready queued="))
+        .find(|l| l.contains(" recovered"))
         .map(str::to_owned)
         .unwrap_or_default()
 }

@@ -64,7 +64,7 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Small message counts, fewer workloads (target: under 3 minutes).
+    /// Small message counts, fewer workloads (about 2 minutes instead of about 11).
     #[arg(long)]
     quick: bool,
     /// Repetitions per relay and workload (at least 3 for published numbers).
@@ -191,9 +191,10 @@ fn size_label(size: usize) -> String {
 }
 
 /// The matrix. Counts are chosen so that a run lasts a few seconds at the throughput measured
-/// on the reference machine (docs/PERFORMANCE.md): full about 16 minutes, `--quick` (1 and 20
-/// KiB at 10 and 50 sessions, one connection per message, no TLS) about 2. The full matrix
-/// ends with the TLS rows: 1 and 20 KiB at 10 and 50 sessions, one connection per message.
+/// on the reference machine (docs/PERFORMANCE.md): full run (matrix and extras) about 11
+/// minutes, `--quick` (1 and 20 KiB at 10 and 50 sessions, one connection per message, no TLS)
+/// about 2 minutes. The full matrix ends with the TLS rows: 1 and 20 KiB at 10 and 50
+/// sessions, one connection per message.
 fn workloads(quick: bool) -> Vec<Workload> {
     let mut list = Vec::new();
     for reuse in [false, true] {
@@ -278,6 +279,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             .collect();
         let mut results = Vec::new();
         let mut run_no = 0;
+        let mut run_dirs = Vec::new();
         for wl in &list {
             let mut samples: Vec<(Side, Result<Sample, String>)> = Vec::new();
             for rep in 0..args.reps {
@@ -288,6 +290,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
                     run_no += 1;
                     let dir = work.join(format!("run{run_no:04}-{}", side.name()));
                     std::fs::create_dir_all(&dir)?;
+                    run_dirs.push(dir.clone());
                     let result = measure(side, wl, &sink, &ca_file, &dir, &exorelay, args)
                         .map_err(|e| format!("{e:#}"));
                     match &result {
@@ -299,7 +302,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
                             side.name(),
                             wl.messages as f64 / s.secs,
                             s.secs,
-                            s.cpu_ticks as f64 * 10_000.0 / wl.messages as f64,
+                            cpu_us_per_message(s.cpu_ticks, wl.messages),
                             s.peak_rss_kib as f64 / 1024.0,
                             s.peak_pss_kib as f64 / 1024.0,
                             s.upstream_connections,
@@ -313,12 +316,17 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
                         ),
                     }
                     samples.push((side, result));
-                    if result_ok_dir_cleanup(&dir) {
-                        let _ = std::fs::remove_dir_all(&dir);
-                    }
                 }
             }
             results.push((*wl, samples));
+        }
+        // Removed only now, not between runs: deleting a run's files just before the next
+        // timed run slows that run's file creation (freed inodes), and with the fixed order
+        // that would always penalise the side that follows exorelay.
+        if !keep_run_dirs() {
+            for dir in &run_dirs {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
         out.push_str(&tables(&results, args.reps));
     }
@@ -337,10 +345,15 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run directories are removed after each run (a 1 MiB workload leaves hundreds of MiB of
-/// Postfix queue and logs otherwise); kept when `RELAY_BENCH_KEEP` is set.
-fn result_ok_dir_cleanup(_dir: &Path) -> bool {
-    std::env::var_os("RELAY_BENCH_KEEP").is_none()
+/// Whether to keep the matrix's run directories (configurations, logs, spools and queues)
+/// after the matrix instead of removing them: when `RELAY_BENCH_KEEP` is set.
+fn keep_run_dirs() -> bool {
+    std::env::var_os("RELAY_BENCH_KEEP").is_some()
+}
+
+/// CPU microseconds per message from a CPU time in clock ticks.
+fn cpu_us_per_message(ticks: u64, messages: usize) -> f64 {
+    ticks as f64 * 1e6 / relay::USER_HZ as f64 / messages as f64
 }
 
 /// One run of `wl` against `side`: start it fresh, drive smtp-source, wait for the sink.
@@ -363,7 +376,7 @@ fn measure(
                 upstream_ca: wl.tls.then(|| ca_file.to_owned()),
                 ..ExoExtra::default()
             };
-            let r = Exorelay::start(exorelay, dir, sink.port, &extra, &[])?;
+            let r = Exorelay::start(exorelay, dir, sink.port, &extra)?;
             let (port, pid) = (r.port, r.pid());
             exo = Some(r);
             (port, pid, false)
@@ -375,7 +388,8 @@ fn measure(
             (port, pid, true)
         }
     };
-    // A process tree (Postfix) is sampled less often: walking /proc costs CPU on the same cores.
+    // A process tree (Postfix) is sampled less often: walking /proc costs CPU on the same cores
+    // (and Pss, costlier still, only every `relay::PSS_EVERY`th sample).
     let every = Duration::from_millis(if tree { 100 } else { 25 });
     let sampler = (pid != 0).then(|| RssSampler::start(pid, tree, every));
     let cpu_before = if pid != 0 {
@@ -529,7 +543,7 @@ fn summary(wl: &Workload, samples: &[(Side, Result<Sample, String>)], side: Side
         secs: median(ok.iter().map(|s| s.secs).collect()),
         cpu_us: median(
             ok.iter()
-                .map(|s| s.cpu_ticks as f64 * 10_000.0 / wl.messages as f64)
+                .map(|s| cpu_us_per_message(s.cpu_ticks, wl.messages))
                 .collect(),
         ),
         rss: ok.iter().map(|s| s.peak_rss_kib).max(),
@@ -599,12 +613,16 @@ fn tables(results: &Results, reps: usize) -> String {
         }
         let _ = writeln!(
             out,
-            "\n### Throughput, {title}\n\nMedian of {reps} runs each, messages/second from the first connection to the last \
-             message in the sink. ratio = exorelay/Postfix throughput (>1: exorelay faster); \
-             % direct = exorelay / direct ceiling. RSS (Pss) = highest peak over the runs, sampled \
-             every 25 ms (Postfix: sum over its master and all its children, every 100 ms; Pss \
-             divides shared pages among the processes sharing them). conns = connections the relay opened to the sink (median). CPU = median CPU time of \
-             the relay per message (user + system, all its processes, from /proc; 10 ms ticks).{note}\n"
+            "\n### Throughput, {title}\n\nMedian of {reps} runs each, messages/second from starting \
+             smtp-source to the last message in the sink. ratio = exorelay/Postfix throughput \
+             (>1: exorelay faster); % direct = exorelay / direct ceiling. RSS (Pss) = highest peak \
+             over the runs: RSS sampled every 25 ms (Postfix: sum over its master and all its \
+             children, every 100 ms), Pss on every {pss_every}th sample and whenever the RSS \
+             reached a new peak (Pss divides shared pages among the processes sharing them). \
+             conns = connections the relay opened to the sink (median). CPU = median CPU time of \
+             the relay per message (user + system, all its processes, from /proc; 10 ms \
+             ticks).{note}\n",
+            pss_every = relay::PSS_EVERY
         );
         let _ = writeln!(
             out,
@@ -633,7 +651,7 @@ fn tables(results: &Results, reps: usize) -> String {
                 _ => "-".into(),
             };
             let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.2}"));
-            let conns = |c: Option<f64>| c.map_or("-".into(), |c| format!("{c:.0}"));
+            let rounded = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {}/{} |",
@@ -647,12 +665,12 @@ fn tables(results: &Results, reps: usize) -> String {
                 pct,
                 secs(e.secs),
                 secs(p.secs),
-                conns(e.cpu_us),
-                conns(p.cpu_us),
+                rounded(e.cpu_us),
+                rounded(p.cpu_us),
                 mib(e.rss, e.pss),
                 mib(p.rss, p.pss),
-                conns(e.conns),
-                conns(p.conns),
+                rounded(e.conns),
+                rounded(p.conns),
             );
         }
     }

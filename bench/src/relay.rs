@@ -59,14 +59,12 @@ pub struct Exorelay {
 }
 
 impl Exorelay {
-    /// Writes the configuration into `dir` (spool `dir/spool`) and starts the binary. `prefix`
-    /// wraps the command (e.g. `strace -f -c -o FILE`).
+    /// Writes the configuration into `dir` (spool `dir/spool`) and starts the binary.
     pub fn start(
         bin: &Path,
         dir: &Path,
         sink_port: u16,
         extra: &ExoExtra,
-        prefix: &[String],
     ) -> anyhow::Result<Exorelay> {
         let port = free_port()?;
         let upstream_port = if extra.upstream_closed {
@@ -106,14 +104,7 @@ impl Exorelay {
         let config_path = dir.join("relay.toml");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.join("exorelay.log"))?;
-        let mut command = match prefix.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
+        let mut command = Command::new(bin);
         command
             .arg("serve")
             .arg("--config")
@@ -168,7 +159,7 @@ impl Exorelay {
         Ok(relay)
     }
 
-    /// The daemon's process id (the wrapper's, when started with a prefix).
+    /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -406,8 +397,12 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     found
 }
 
+/// Clock ticks per second of the CPU times in `/proc/PID/stat`: Linux's USER_HZ, which is 100
+/// on every architecture it exports to user space (`getconf CLK_TCK`).
+pub const USER_HZ: u64 = 100;
+
 /// CPU time (user + system, including reaped children) of `pid` and, when `tree`, of its
-/// live descendants, in clock ticks (USER_HZ, 100 per second on Linux).
+/// live descendants, in clock ticks ([`USER_HZ`] per second).
 pub fn cpu_ticks(pid: u32, tree: bool) -> u64 {
     let one = |p: u32| -> u64 {
         std::fs::read_to_string(format!("/proc/{p}/stat"))
@@ -432,45 +427,34 @@ pub fn cpu_ticks(pid: u32, tree: bool) -> u64 {
     total
 }
 
-/// VmRSS of one process in KiB (0 when gone).
+/// VmRSS of one process in KiB (0 when gone), from `/proc/PID/status` (cheap to read).
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_kib(pid, "status", "VmRSS:")
+}
+
+/// Pss (proportional set size: shared pages divided among their users) of one process in KiB,
+/// from `/proc/PID/smaps_rollup` (the kernel walks the page tables to answer: costly).
+fn pss_kib(pid: u32) -> u64 {
+    proc_kib(pid, "smaps_rollup", "Pss:")
+}
+
+/// The KiB value of the line starting with `key` in `/proc/PID/FILE` (0 when gone or absent).
+fn proc_kib(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_ascii_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
 }
 
-/// Pss (proportional set size: shared pages divided among their users) of one process in KiB.
-pub fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Pss:"))
-                .and_then(|l| l.split_ascii_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
+/// Pss is read on every this many RSS samples (and whenever the RSS reaches a new peak).
+pub const PSS_EVERY: u32 = 4;
 
-/// Sums of VmRSS and Pss over `pid` and, when `tree`, all its descendants.
-pub fn tree_rss_kib(pid: u32, tree: bool) -> (u64, u64) {
-    let mut pids = vec![pid];
-    if tree {
-        pids.extend(descendants(pid));
-    }
-    (
-        pids.iter().map(|&p| rss_kib(p)).sum(),
-        pids.iter().map(|&p| pss_kib(p)).sum(),
-    )
-}
-
-/// Samples the RSS of a process (tree) every few milliseconds and keeps the peak.
+/// Samples the RSS of a process (tree) periodically and keeps the peaks of RSS and Pss.
 pub struct RssSampler {
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
@@ -479,17 +463,28 @@ pub struct RssSampler {
 }
 
 impl RssSampler {
-    /// Starts sampling `pid` (and its descendants when `tree`) every `every`.
+    /// Starts sampling `pid` (and its descendants when `tree`): VmRSS every `every`, Pss every
+    /// [`PSS_EVERY`]th sample and whenever the RSS sum sets a new peak (so the tick of the
+    /// RSS peak also has its Pss).
     pub fn start(pid: u32, tree: bool, every: Duration) -> RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
         let peak_pss = Arc::new(AtomicU64::new(0));
         let (s, p, q) = (stop.clone(), peak.clone(), peak_pss.clone());
         let thread = std::thread::spawn(move || {
+            let mut tick = 0u32;
             while !s.load(Ordering::Relaxed) {
-                let (rss, pss) = tree_rss_kib(pid, tree);
-                p.fetch_max(rss, Ordering::Relaxed);
-                q.fetch_max(pss, Ordering::Relaxed);
+                let mut pids = vec![pid];
+                if tree {
+                    pids.extend(descendants(pid));
+                }
+                let rss: u64 = pids.iter().map(|&p| rss_kib(p)).sum();
+                let new_peak = rss > p.fetch_max(rss, Ordering::Relaxed);
+                if new_peak || tick.is_multiple_of(PSS_EVERY) {
+                    let pss: u64 = pids.iter().map(|&p| pss_kib(p)).sum();
+                    q.fetch_max(pss, Ordering::Relaxed);
+                }
+                tick = tick.wrapping_add(1);
                 std::thread::sleep(every);
             }
         });

@@ -79,25 +79,42 @@ fn wire_message(size: usize) -> Vec<u8> {
 
 const SIZES: &[usize] = &[1024, 20 * 1024, 1024 * 1024];
 
-/// DATA decoding fed as the daemon feeds it: 16 KiB reads appended to the input buffer.
+/// What one `decode` call returned, without the decoder's own event type.
+enum Step {
+    Content(usize),
+    End,
+    NeedInput,
+}
+
+/// Feeds `wire` as the daemon does (16 KiB reads appended to the input buffer) to `decode`
+/// until it reports the end; returns the content octets it produced.
+fn feed(wire: &[u8], mut decode: impl FnMut(&mut Vec<u8>) -> Step) -> usize {
+    let mut input = Vec::with_capacity(32 * 1024);
+    let mut out = 0;
+    for chunk in wire.chunks(16 * 1024) {
+        input.extend_from_slice(chunk);
+        loop {
+            match decode(&mut input) {
+                Step::Content(len) => out += len,
+                Step::End => return out,
+                Step::NeedInput => break,
+            }
+        }
+    }
+    out
+}
+
+/// DATA decoding of the dot-stuffed message.
 #[divan::bench(args = SIZES)]
 fn data_decode(bencher: Bencher, size: usize) {
     let wire = wire_message(size);
     bencher.counter(BytesCount::new(wire.len())).bench(|| {
         let mut decoder = DataDecoder::new(DataLimits::new(64 << 20));
-        let mut input = Vec::with_capacity(32 * 1024);
-        let mut out = 0;
-        for chunk in wire.chunks(16 * 1024) {
-            input.extend_from_slice(chunk);
-            loop {
-                match decoder.decode(&mut input) {
-                    DataEvent::Content(piece) => out += piece.len(),
-                    DataEvent::End(_) => return out,
-                    DataEvent::NeedInput => break,
-                }
-            }
-        }
-        out
+        feed(&wire, |input| match decoder.decode(input) {
+            DataEvent::Content(piece) => Step::Content(piece.len()),
+            DataEvent::End(_) => Step::End,
+            DataEvent::NeedInput => Step::NeedInput,
+        })
     });
 }
 
@@ -108,18 +125,10 @@ fn bdat_decode(bencher: Bencher, size: usize) {
     bencher.counter(BytesCount::new(wire.len())).bench(|| {
         let mut decoder = BdatDecoder::new(DataLimits::new(64 << 20));
         decoder.begin_chunk(wire.len() as u64);
-        let mut input = Vec::with_capacity(32 * 1024);
-        let mut out = 0;
-        for chunk in wire.chunks(16 * 1024) {
-            input.extend_from_slice(chunk);
-            loop {
-                match decoder.decode(&mut input) {
-                    BdatEvent::Content(piece) => out += piece.len(),
-                    BdatEvent::ChunkEnd => return out,
-                    BdatEvent::NeedInput => break,
-                }
-            }
-        }
-        out
+        feed(&wire, |input| match decoder.decode(input) {
+            BdatEvent::Content(piece) => Step::Content(piece.len()),
+            BdatEvent::ChunkEnd => Step::End,
+            BdatEvent::NeedInput => Step::NeedInput,
+        })
     });
 }
