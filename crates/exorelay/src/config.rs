@@ -187,9 +187,9 @@ pub struct QueueSettings {
     /// Below this much free space on the spool's file system, new mail is refused with
     /// `452 4.3.1` (at least 1.5 × the largest message, as Postfix does).
     pub min_free_space: u64,
-    /// Longest pause before a client may start a new message while more messages wait for
-    /// their first delivery attempt than the upstreams can take at once (Postfix's
-    /// `in_flow_delay`); zero turns the flow control off.
+    /// Longest pause before a client may start a new message while the queue manager's window
+    /// of new messages (8 × the upstreams' `max_connections` together, at least 64) waits for
+    /// a first delivery attempt (Postfix's `in_flow_delay`); zero turns the flow control off.
     pub in_flow_delay: Duration,
 }
 

@@ -23,7 +23,12 @@ impl Counter {
 
     /// Adds one.
     pub fn inc(&self) {
-        self.value.fetch_add(1, Ordering::Relaxed);
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The current value.
@@ -93,10 +98,11 @@ pub static CONNECTIONS: Counter = Counter::new(
     "Connections opened to upstreams.",
 );
 
-/// Messages moved to `corrupt/` because their content did not match the envelope's checksum.
+/// Messages moved to `corrupt/`, by the start-up scan or before an attempt: their envelope was
+/// damaged or their content did not match it.
 pub static QUARANTINED: Counter = Counter::new(
     "exorelay_messages_quarantined_total",
-    "Messages moved to corrupt/ because their content failed the checksum check.",
+    "Messages moved to corrupt/ because their envelope was damaged or their content did not match it.",
 );
 
 const ALL: [&Counter; 13] = [
@@ -156,7 +162,7 @@ pub fn render(commits: &spool::CommitStats, waiting: usize) -> String {
     let name = "exorelay_queue_waiting_messages";
     let _ = writeln!(
         out,
-        "# HELP {name} New messages waiting for their first delivery attempt (flow control holds new mail back while this exceeds what the upstreams take at once)."
+        "# HELP {name} New messages waiting for their first delivery attempt (flow control holds new mail back while this reaches the queue manager's window: 8 x the upstreams' max_connections together, at least 64)."
     );
     let _ = writeln!(out, "# TYPE {name} gauge");
     let _ = writeln!(out, "{name} {waiting}");

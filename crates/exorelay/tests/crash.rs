@@ -165,7 +165,7 @@ fn kill9_under_load_loses_no_acknowledged_message_and_invents_none() {
     relay.wait_for_log("recovered");
     let log = relay.log();
     let removed = log.matches("recovery: removed incomplete").count();
-    let ready = log
+    let recovered = log
         .lines()
         .find(|l| l.contains(" recovered"))
         .map(strip_ansi)
@@ -189,7 +189,7 @@ fn kill9_under_load_loses_no_acknowledged_message_and_invents_none() {
         }
     }
     println!(
-        "recovery: {} half-written files at the kill, log says removed {removed}; {ready}",
+        "recovery: {} half-written files at the kill, log says removed {removed}; {recovered}",
         partial_at_kill.len()
     );
 
@@ -333,7 +333,6 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// The files in `dir` (none if it does not exist).
 /// Files of messages cut off by the kill: every file in `tmp/`, and every `queue/ID.msg` without
 /// its `queue/ID.env` (the envelope is written last).
 fn half_written(spool: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -347,6 +346,7 @@ fn half_written(spool: &std::path::Path) -> Vec<std::path::PathBuf> {
     partial
 }
 
+/// The files in `dir` (none if it does not exist).
 fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir)
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())

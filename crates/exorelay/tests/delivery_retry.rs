@@ -24,11 +24,16 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// The sender of every test message.
 const FROM: &str = "app@contoso.com";
 
-fn relay_for(fake_port: u16) -> Relay {
-    Relay::start_with(&upstream::relay_config(
+/// The relay's configuration for a fake upstream on `fake_port`.
+fn relay_config_for(fake_port: u16) -> String {
+    upstream::relay_config(
         common::BASE_CONFIG,
         &upstream::plain_upstream("exo", fake_port, ""),
-    ))
+    )
+}
+
+fn relay_for(fake_port: u16) -> Relay {
+    Relay::start_with(&relay_config_for(fake_port))
 }
 
 /// A fake upstream answering each RCPT with `rcpt_reply`, and a relay delivering to it.
@@ -350,16 +355,21 @@ fn rcpt_5xx_fails_with_a_dsn_to_the_sender_and_none_for_null_sender() {
     );
 }
 
-/// A deferred message whose content no longer matches the checksum its envelope recorded at
-/// commit (what a power loss can leave when the envelope reached the disk and the content did
-/// not), and one whose envelope no longer parses, are moved to `corrupt/` at their next attempt
-/// and never delivered; the intact message next to them is.
+/// A message found at start-up whose content no longer matches the checksum its envelope
+/// recorded at commit (what a power loss can leave when the envelope reached the disk and the
+/// content did not), and a deferred message whose envelope no longer parses, are moved to
+/// `corrupt/` before their next attempt and never delivered; the intact message next to them
+/// is. (Content is checked for messages the running relay did not write itself: those found
+/// at start-up.)
 #[test]
 fn content_changed_on_disk_is_quarantined_not_delivered() {
     let mut fake = FakeUpstream::builder().start();
     fake.stop();
-    let relay = relay_for(fake.port());
-    let mut c = Client::session(relay.addr);
+    let config = relay_config_for(fake.port());
+    let mut first = Relay::start_with(&config);
+    let mut c = Client::session(first.addr);
+    // The clean stop below checkpoints the spool's commit journal, so the restart has no
+    // journal copy to put back in place of the changed content.
     let tampered = send(
         &mut c,
         FROM,
@@ -377,29 +387,35 @@ fn content_changed_on_disk_is_quarantined_not_delivered() {
     send(&mut c, FROM, &["b@example.net"], "<intact@test>", "intact");
     c.expect("QUIT", "221");
     common::wait_until_for("the messages deferred", LIMIT, || {
-        let entries = common::spool_entries(&relay.spool);
+        let entries = common::spool_entries(&first.spool);
         entries.len() == 3 && entries.iter().all(|(e, _)| e.attempts >= 1)
     });
-    // An envelope that no longer parses.
+    // An envelope that no longer parses: found at the message's next retry.
     std::fs::write(
-        relay.spool.join(format!("queue/{damaged}.env")),
+        first.spool.join(format!("queue/{damaged}.env")),
         "version = 1\nrecipients = [",
     )
     .unwrap();
+    let damaged_path = first.spool.join(format!("corrupt/{damaged}.env"));
+    common::wait_until_for("the damaged envelope in corrupt/", LIMIT, || {
+        damaged_path.exists()
+    });
+    assert!(first.terminate().success(), "{}", first.log());
 
-    // Same length, other bytes.
-    let path = relay.spool.join(format!("queue/{tampered}.msg"));
+    // Same length, other bytes, while the relay is down.
+    let path = first.spool.join(format!("queue/{tampered}.msg"));
     let original = std::fs::read(&path).unwrap();
     let text = String::from_utf8(original.clone()).unwrap();
     let changed = text.replace("payroll", "PAYROLL");
     assert_eq!(changed.len(), original.len());
     std::fs::write(&path, changed).unwrap();
 
+    let relay = Relay::start_in(first.dir.clone(), &config);
     fake.restart();
     fake.wait_for("the intact message", LIMIT, |m| m.len() == 1);
     let quarantined = [
         relay.spool.join(format!("corrupt/{tampered}.msg")),
-        relay.spool.join(format!("corrupt/{damaged}.env")),
+        damaged_path,
     ];
     common::wait_until_for(
         "the tampered and damaged messages in corrupt/",
@@ -413,9 +429,49 @@ fn content_changed_on_disk_is_quarantined_not_delivered() {
         .map(|m| m.message_id().unwrap())
         .collect();
     assert_eq!(delivered, vec!["<intact@test>".to_string()]);
+    assert!(
+        first.log().contains("the envelope cannot be used") && first.log().contains(&damaged),
+        "the log says why:\n{}",
+        first.log()
+    );
     let log = relay.log();
     assert!(
         log.contains("does not match its envelope") && log.contains(&tampered),
         "the log says why:\n{log}"
     );
+}
+
+/// SIGTERM right after a burst is delivered: the relay removes every delivered message from
+/// the spool before it exits (its reaper's backlog included), so the next start finds nothing
+/// to deliver again.
+#[test]
+fn sigterm_right_after_delivery_leaves_nothing_to_deliver_again() {
+    const MESSAGES: usize = 200;
+    let fake = FakeUpstream::builder().start();
+    let mut relay = relay_for(fake.port());
+    let mut c = Client::session(relay.addr);
+    for n in 0..MESSAGES {
+        send(
+            &mut c,
+            FROM,
+            &["someone@example.net"],
+            &format!("<stop-{n}@test>"),
+            "stop",
+        );
+    }
+    c.expect("QUIT", "221");
+    common::wait_until_for("every message delivered", LIMIT, || {
+        relay.log().matches("delivered: 250").count() == MESSAGES
+    });
+    assert!(relay.terminate().success(), "{}", relay.log());
+    let left = common::spool_entries(&relay.spool);
+    assert!(
+        left.is_empty(),
+        "{} delivered message(s) left in the spool after a clean stop",
+        left.len()
+    );
+
+    let restarted = Relay::start_in(relay.dir.clone(), &relay_config_for(fake.port()));
+    restarted.wait_for_log("recovered queued=0");
+    assert_eq!(fake.message_count(), MESSAGES);
 }

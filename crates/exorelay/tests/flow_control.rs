@@ -1,6 +1,7 @@
-//! Flow control (`[queue] in_flow_delay`): new mail is held back — never refused — while more
-//! new messages wait for their first attempt than the upstreams can take at once, and old
-//! mail found at start-up, waiting for its retry time, does not count as such a backlog.
+//! Flow control (`[queue] in_flow_delay`): new mail is held back — never refused — while the
+//! queue manager's window of new messages (8 × the upstreams' `max_connections` together, at
+//! least 64) waits for a first attempt, and old mail found at start-up, waiting for its retry
+//! time, does not count as such a backlog.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 mod common;
@@ -140,12 +141,47 @@ fn new_mail_waits_while_the_upstream_does_not_take_it() {
         assert!(reply.starts_with("250"), "message {n}: {reply}");
         times.push(started.elapsed());
     }
+    // Backlogged now: a client that pipelines its next transaction behind the end of data
+    // gets the 250 for its message at once; only the reply to the next DATA is held back.
+    c.begin_data("app@contoso.com", &["someone@example.net"]);
+    let data = common::small_message(
+        "app@contoso.com",
+        "someone@example.net",
+        "<flow-pipelined@test>",
+        "flow",
+    );
+    let mut flight = common::dot_stuffed(&data);
+    flight.extend_from_slice(
+        b"MAIL FROM:<app@contoso.com>\r\nRCPT TO:<someone@example.net>\r\nDATA\r\n",
+    );
+    let sent = Instant::now();
+    c.send(&flight);
+    let stored = c.reply();
+    let answered = sent.elapsed();
+    assert!(stored.starts_with("250 "), "{stored}");
+    assert!(
+        answered < Duration::from_millis(300),
+        "the 250 waited for the in-flow delay of the next message: {answered:?}"
+    );
+    assert!(c.reply().starts_with("250"));
+    assert!(c.reply().starts_with("250"));
+    assert!(c.reply().starts_with("354"));
+    c.send(&common::dot_stuffed(&data));
+    assert!(c.reply().starts_with("250 "));
     c.expect("QUIT", "221");
     let backlog = waiting(&relay);
     assert!(backlog >= 64, "backlog {backlog}");
     let first: Duration = times[..64].iter().sum();
     let last: Duration = times[130..].iter().sum();
     println!("first 64 messages {first:?}, last 4 {last:?}, waiting {backlog}");
+    // Below the window nothing waits: each of the first messages is answered well within the
+    // in-flow delay (a limit of 0 would pause every one of them for 300 ms).
+    for (n, time) in times[..64].iter().enumerate() {
+        assert!(
+            *time < Duration::from_millis(300),
+            "message {n}, below the window, was held back: {time:?}"
+        );
+    }
     assert!(
         last >= Duration::from_millis(4 * 300),
         "the last 4 messages should each wait the in-flow delay: {last:?}"

@@ -2,6 +2,7 @@
 //! manager and the control socket, listen, and run until SIGTERM or SIGINT. [`Relay`] is the
 //! same daemon as a value, so `exorelay demo` can run it in-process.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,11 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use smtp::Reply;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::control;
 use crate::inbound::{listener, session::ConnectionContext};
+use crate::metrics;
 use crate::queue::manager;
 
 /// How long open sessions may take to finish after a shutdown signal.
@@ -44,6 +47,17 @@ fn recovered(dir: &Path, report: spool::RecoveryReport, queue: &manager::QueueHa
     for (path, reason) in &report.quarantined {
         warn!("recovery: quarantined {}: {reason}", path.display());
     }
+    // One message's two files (`ID.env`, `ID.msg`, maybe with a `.N` suffix) count once.
+    let messages: HashSet<String> = report
+        .quarantined
+        .iter()
+        .filter_map(|(path, _)| path.file_name())
+        .map(|name| {
+            let name = name.to_string_lossy();
+            name.split('.').next().unwrap_or_default().to_owned()
+        })
+        .collect();
+    metrics::QUARANTINED.add(u64::try_from(messages.len()).unwrap_or(u64::MAX));
     for id in &report.restored_from_journal {
         warn!(
             "recovery: restored {id} from the commit journal (a crash had lost or damaged its files)"
@@ -80,7 +94,10 @@ fn watch_free_space(ctx: &ConnectionContext) {
     };
     if ctx.low_on_space.swap(low, Ordering::Relaxed) != low {
         if low {
-            warn!("spool file system below {needed} bytes free: refusing new mail with 452 4.3.1");
+            warn!(
+                "spool file system below {needed} bytes free: refusing new mail with {}",
+                Reply::insufficient_storage()
+            );
         } else {
             info!("spool file system has room again: accepting mail");
         }
@@ -100,6 +117,7 @@ pub struct Relay {
     addrs: Vec<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
+    queue: manager::QueueHandle,
 }
 
 impl Relay {
@@ -136,14 +154,16 @@ impl Relay {
         // New mail is taken while the queue left by the last run is scanned, so start-up time
         // does not grow with the queue.
         let dir = config.queue.dir.clone();
+        let found = queue.clone();
         tokio::task::spawn_blocking(move || match recovery.run() {
-            Ok(report) => recovered(&dir, report, &queue),
+            Ok(report) => recovered(&dir, report, &found),
             Err(e) => warn!("recovery of {} failed: {e}", dir.display()),
         });
         Ok(Relay {
             addrs,
             stop,
             server,
+            queue,
         })
     }
 
@@ -152,10 +172,12 @@ impl Relay {
         &self.addrs
     }
 
-    /// Stops accepting, lets open sessions finish (bounded), and returns.
+    /// Stops accepting, lets open sessions finish (bounded), then stops the queue manager once
+    /// the messages it finished are removed from the spool, and returns.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.server.await;
+        self.queue.stop().await;
     }
 }
 

@@ -72,6 +72,9 @@ pub enum DeliveryError {
     /// The spool could not be read.
     #[error("cannot read the message: {0}")]
     Spool(String),
+    /// The delivery task ended without reporting an outcome (it panicked).
+    #[error("the delivery task ended without a result")]
+    Abandoned,
 }
 
 impl DeliveryError {
@@ -88,7 +91,7 @@ impl DeliveryError {
                 })
             }
             DeliveryError::Timeout(_) => EnhancedCode::new(4, 4, 2),
-            DeliveryError::Spool(_) => EnhancedCode::new(4, 3, 0),
+            DeliveryError::Spool(_) | DeliveryError::Abandoned => EnhancedCode::new(4, 3, 0),
             _ => EnhancedCode::new(4, 4, 1),
         }
     }

@@ -168,15 +168,34 @@ impl PoolTask {
     }
 }
 
-/// Gives a delivery's place in the pool back when the delivery ends, however it ends (even if
-/// its task panicked), so the pool never waits for a delivery that is gone.
+/// A delivery's place in the pool and its message. When the delivery ends, however it ends
+/// (even if its task panicked), the place goes back to the pool and the manager hears of the
+/// attempt — [`DeliveryError::Abandoned`] if none was reported — so neither the pool nor the
+/// manager waits for a delivery that is gone.
 struct Place {
     events: mpsc::UnboundedSender<PoolEvent>,
+    attempts: mpsc::UnboundedSender<Attempt>,
     connection: Option<Warm>,
+    /// The message being delivered, until its attempt is reported.
+    envelope: Option<Envelope>,
+}
+
+impl Place {
+    /// Reports the end of the attempt to the manager (once).
+    fn report(&mut self, host: Option<String>, result: Result<TransactionOutcome, DeliveryError>) {
+        if let Some(envelope) = self.envelope.take() {
+            let _ = self.attempts.send(Attempt {
+                envelope,
+                host,
+                result,
+            });
+        }
+    }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
+        self.report(None, Err(DeliveryError::Abandoned));
         let _ = self
             .events
             .send(PoolEvent::Finished(self.connection.take()));
@@ -194,11 +213,13 @@ async fn deliver(
     events: mpsc::UnboundedSender<PoolEvent>,
 ) {
     let Message { envelope, content } = message;
-    let id = envelope.id;
     let mut place = Place {
         events,
+        attempts,
         connection: None,
+        envelope: None,
     };
+    let envelope: &Envelope = place.envelope.insert(envelope);
     let mut warm = match warm {
         Some(w) if w.carried < MESSAGES_PER_CONNECTION => w,
         old => {
@@ -216,11 +237,7 @@ async fn deliver(
                     }
                 }
                 Err(e) => {
-                    let _ = attempts.send(Attempt {
-                        envelope,
-                        host: None,
-                        result: Err(e),
-                    });
+                    place.report(None, Err(e));
                     return;
                 }
             }
@@ -229,10 +246,10 @@ async fn deliver(
     let host = Some(warm.connection.host.clone());
     let content = match content {
         Some(bytes) => Ok(Content::Memory(std::io::Cursor::new(bytes))),
-        None => spool.open_content(id).map(Content::File),
+        None => spool.open_content(envelope.id).map(Content::File),
     };
     let result = match content {
-        Ok(content) => warm.connection.deliver(&envelope, content).await,
+        Ok(content) => warm.connection.deliver(envelope, content).await,
         Err(e) => Err(DeliveryError::Spool(e.to_string())),
     };
     warm.carried += 1;
@@ -240,9 +257,68 @@ async fn deliver(
     if result.is_ok() {
         place.connection = Some(warm);
     }
-    let _ = attempts.send(Attempt {
-        envelope,
-        host,
-        result,
-    });
+    place.report(host, result);
+}
+
+#[cfg(test)]
+mod tests {
+    use spool::QueueId;
+
+    use super::*;
+
+    /// A place for a new message, with the receivers of what it sends.
+    fn place() -> (
+        Place,
+        QueueId,
+        mpsc::UnboundedReceiver<PoolEvent>,
+        mpsc::UnboundedReceiver<Attempt>,
+    ) {
+        let (events, pool_events) = mpsc::unbounded_channel();
+        let (attempts, reported) = mpsc::unbounded_channel();
+        let envelope = Envelope::new(QueueId::generate(), 0);
+        let id = envelope.id;
+        let place = Place {
+            events,
+            attempts,
+            connection: None,
+            envelope: Some(envelope),
+        };
+        (place, id, pool_events, reported)
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_panics_still_reports_its_attempt_and_frees_its_place() {
+        let (place, id, mut pool_events, mut reported) = place();
+        let task = tokio::spawn(async move {
+            let _place = place;
+            panic!("a bug in the delivery");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        let attempt = reported.try_recv().unwrap();
+        assert_eq!(attempt.envelope.id, id);
+        assert!(attempt.host.is_none());
+        assert!(matches!(attempt.result, Err(DeliveryError::Abandoned)));
+        assert!(matches!(
+            pool_events.try_recv(),
+            Ok(PoolEvent::Finished(None))
+        ));
+    }
+
+    #[test]
+    fn a_reported_attempt_is_reported_once() {
+        let (mut place, id, mut pool_events, mut reported) = place();
+        place.report(None, Err(DeliveryError::Timeout("greeting")));
+        drop(place);
+        let attempt = reported.try_recv().unwrap();
+        assert_eq!(attempt.envelope.id, id);
+        assert!(matches!(
+            attempt.result,
+            Err(DeliveryError::Timeout("greeting"))
+        ));
+        assert!(reported.try_recv().is_err(), "no second attempt");
+        assert!(matches!(
+            pool_events.try_recv(),
+            Ok(PoolEvent::Finished(None))
+        ));
+    }
 }

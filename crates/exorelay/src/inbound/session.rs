@@ -34,7 +34,8 @@ pub struct ConnectionContext {
     pub spool: Spool,
     /// The queue manager, told about each message once it is durable.
     pub queue: QueueHandle,
-    /// Set while the spool's file system is below `queue.min_free_space` (see `cli/serve.rs`).
+    /// Set while the spool's file system has less room than `max(queue.min_free_space, 1.5 ×
+    /// server.max_message_size)` (see `cli/serve.rs`).
     pub low_on_space: std::sync::atomic::AtomicBool,
 }
 
@@ -270,7 +271,11 @@ where
             }
             Output::MessageBegin(transaction) => {
                 // The client waits for the reply to DATA (or its BDAT chunk is not read) while
-                // the queue is too far behind.
+                // the queue is too far behind. Replies to what it pipelined before (the last
+                // message's 250 among them) go out first, not after the pause.
+                if ctx.queue.backlogged() {
+                    flush_replies(stream, &mut replies).await?;
+                }
                 let paused = ctx.queue.admit().await;
                 if !paused.is_zero() {
                     debug!(
