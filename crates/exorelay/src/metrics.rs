@@ -148,6 +148,11 @@ pub fn render(commits: &spool::CommitStats, waiting: usize) -> String {
             commits.messages,
         ),
         (
+            "exorelay_spool_written_out_total",
+            "Small messages written out of the commit journal into queue files (deferred, held, read back, or queued at a checkpoint); the rest never had files.",
+            commits.written_out,
+        ),
+        (
             "exorelay_spool_commit_failures_total",
             "Messages whose commit failed (answered 451).",
             commits.failed,
@@ -185,6 +190,7 @@ mod tests {
         assert!(text.contains("exorelay_spool_commit_batches_total 0"));
         assert!(text.contains("exorelay_spool_journal_syncs_total 0"));
         assert!(text.contains("exorelay_spool_filesystem_syncs_total 0"));
+        assert!(text.contains("exorelay_spool_written_out_total 0"));
         assert!(text.contains("# TYPE exorelay_queue_waiting_messages gauge"));
         assert!(text.contains("\nexorelay_queue_waiting_messages 42\n"));
         assert!(

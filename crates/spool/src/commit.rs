@@ -1,16 +1,17 @@
 //! Writing a new message and making it durable: the writer, the group committer and the
 //! [`Durable`] proof.
 //!
-//! A connection task streams content into a [`MessageWriter`] (`queue/ID.msg`, or a recycled
-//! file from `free/` renamed there at commit, through a bounded buffer), then calls
-//! `Spool::commit`, which writes `queue/ID.env` — the envelope is written last, and a `.msg`
-//! without its `.env` is an incomplete write that recovery removes — and hands the message to
-//! the committer thread. The committer takes every request waiting (up
-//! to `max_batch`), makes the whole batch durable with **one** sync, and only then answers
-//! each waiter with a [`Durable`]: when every message of the batch is small, one `fdatasync`
-//! of the commit journal holding their records (see the `journal` module); otherwise one
-//! `syncfs(2)` (file data, metadata and directory entries of the whole file system). Either
-//! way concurrent messages share the sync.
+//! A connection task streams content into a [`MessageWriter`] — held in memory while it is
+//! small enough for the commit journal, else written to `queue/ID.msg` (or a recycled file
+//! from `free/` renamed there at commit) through a bounded buffer — then calls
+//! `Spool::commit`. A message with a content file gets `queue/ID.env` next to it — the
+//! envelope is written last, and a `.msg` without its `.env` is an incomplete write that
+//! recovery removes. Either way the message goes to the committer thread, which takes every
+//! request waiting (up to `max_batch`) and makes the whole batch durable before answering
+//! each waiter with a [`Durable`]: the messages in memory by one `fdatasync` of the commit
+//! journal holding their records (they get no files; see the `journal` module), those with
+//! files by one `syncfs(2)` (file data, metadata and directory entries of the whole file
+//! system). Either way concurrent messages share the sync.
 //!
 //! `Durable` has a private field and is built only here, after that sync; the daemon's
 //! function that writes the 250 takes one, so "250 means durable" is checked by the compiler.
@@ -33,7 +34,7 @@ use tokio::sync::oneshot;
 
 use crate::disk::{self, Disk, ENV_EXT, Layout, MSG_EXT, RemoveOnDrop, Step};
 use crate::envelope::ENVELOPE_VERSION;
-use crate::journal::{self, JOURNAL_CONTENT_MAX, SharedJournal};
+use crate::journal::{JOURNAL_CONTENT_MAX, SharedJournal};
 use crate::recycle::{FreeFiles, Recycled};
 use crate::{Envelope, Error, QueueId};
 
@@ -62,63 +63,99 @@ impl Durable {
         &self.envelope
     }
 
-    /// The content as committed, when the spool kept a copy for its journal (small messages);
-    /// lets the first delivery skip reading the file back. `None` after the first call.
+    /// The content as committed, when it was kept in memory for the journal (small
+    /// messages); lets the first delivery go without files. `None` after the first call.
     pub fn take_content(&mut self) -> Option<Vec<u8>> {
         self.content.take()
     }
 }
 
-/// Streams one message's content to its file.
+/// Streams one message's content: into memory while it may still go into the commit
+/// journal, else to its file.
 ///
-/// Writes go through a buffer of [`WRITE_BUFFER`] bytes into `queue/ID.msg`, or into a
-/// recycled file in `free/` that the commit renames to `queue/ID.msg` (see the `recycle`
-/// module). A CRC-32 of the content is kept as it is written and stored in the envelope.
-/// Dropping the writer without passing it to `Spool::commit` removes its file, so a refused
-/// or aborted message never stays in `queue/` (and a crash leaves a `.msg` without `.env`,
-/// which recovery removes, or a file in `free/`, which is reused).
+/// With a journaling spool, content up to [`JOURNAL_CONTENT_MAX`] bytes stays in memory and
+/// no file is made: the commit puts it in the journal only (see the `journal` module), and
+/// files are written only if the message outlives its journal record's usefulness (deferred,
+/// held, or still queued at a checkpoint). Content beyond that limit, or any content of a
+/// spool that does not journal, goes through a buffer of [`WRITE_BUFFER`] bytes into
+/// `queue/ID.msg`, or into a recycled file in `free/` that the commit renames to
+/// `queue/ID.msg` (see the `recycle` module). A CRC-32 of the content is kept as it is
+/// written and stored in the envelope. Dropping the writer without passing it to
+/// `Spool::commit` removes its file, so a refused or aborted message never stays in `queue/`
+/// (and a crash leaves a `.msg` without `.env`, which recovery removes, or a file in `free/`,
+/// which is reused).
 #[derive(Debug)]
 pub struct MessageWriter {
     id: QueueId,
-    path: PathBuf,
-    out: Option<BufWriter<File>>,
     written: u64,
     checksum: crc32fast::Hasher,
-    /// Whether `path` is a recycled file in `free/`, to be cut to length and renamed at commit.
-    recycled: bool,
-    /// A copy of the content for the commit journal, while it is at most
-    /// [`JOURNAL_CONTENT_MAX`] bytes (`None` beyond that, or when the spool does not journal).
-    copy: Option<Vec<u8>>,
-    /// Removes `path` when the writer is dropped; taken over by the commit.
-    guard: Option<RemoveOnDrop>,
+    /// The content while it is held in memory for the journal (`None` once it went to a file,
+    /// or when the spool does not journal).
+    memory: Option<Vec<u8>>,
+    /// The content file, once there is one.
+    file: Option<ContentFile>,
+    /// Where the content file is made when the content outgrows memory.
+    place: FilePlace,
 }
 
-impl MessageWriter {
-    /// Starts the content of the new message `id`: in `recycled` when the pool had a file,
-    /// else in a new `queue_dir/ID.msg`; `journaled` keeps a copy for the commit journal.
-    pub(crate) fn create(
-        queue_dir: &Path,
-        id: QueueId,
-        recycled: Option<Recycled>,
-        journaled: bool,
-    ) -> Result<MessageWriter, Error> {
-        let (path, file, recycled) = match recycled {
+/// A message's content file being written.
+#[derive(Debug)]
+struct ContentFile {
+    path: PathBuf,
+    out: BufWriter<File>,
+    /// Whether `path` is a recycled file in `free/`, to be cut to length and renamed at commit.
+    recycled: bool,
+    /// Removes `path` when the writer is dropped; taken over by the commit.
+    guard: RemoveOnDrop,
+}
+
+/// Where a writer makes its content file: a recycled one from the pool, else a new
+/// `queue/ID.msg`.
+#[derive(Debug)]
+pub(crate) struct FilePlace {
+    pub(crate) queue_dir: PathBuf,
+    pub(crate) free: Arc<FreeFiles>,
+}
+
+impl ContentFile {
+    fn create(place: &FilePlace, id: QueueId) -> Result<ContentFile, Error> {
+        let (path, file, recycled) = match place.free.take() {
             Some(r) => (r.path, r.file, true),
             None => {
-                let path = Layout::file(queue_dir, id, MSG_EXT);
+                let path = Layout::file(&place.queue_dir, id, MSG_EXT);
                 let file = disk::create_new(&path)?;
                 (path, file, false)
             }
         };
+        Ok(ContentFile {
+            guard: RemoveOnDrop::new(path.clone()),
+            path,
+            out: BufWriter::with_capacity(WRITE_BUFFER, file),
+            recycled,
+        })
+    }
+}
+
+impl MessageWriter {
+    /// Starts the content of the new message `id`; `journaled` keeps content that fits the
+    /// commit journal in memory, otherwise the file is made at once.
+    pub(crate) fn create(
+        id: QueueId,
+        place: FilePlace,
+        journaled: bool,
+    ) -> Result<MessageWriter, Error> {
+        let file = if journaled {
+            None
+        } else {
+            Some(ContentFile::create(&place, id)?)
+        };
         Ok(MessageWriter {
             id,
-            guard: Some(RemoveOnDrop::new(path.clone())),
-            path,
-            out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             written: 0,
             checksum: crc32fast::Hasher::new(),
-            recycled,
-            copy: journaled.then(Vec::new),
+            memory: journaled.then(Vec::new),
+            file,
+            place,
         })
     }
 
@@ -127,53 +164,61 @@ impl MessageWriter {
         self.id
     }
 
-    /// Content bytes accepted so far (written to the file or waiting in the buffer).
+    /// Content bytes accepted so far (in memory, written to the file or waiting in the
+    /// buffer).
     pub fn bytes_written(&self) -> u64 {
         self.written
     }
 
     /// The content file being written (`queue/ID.msg`, or a recycled file in `free/` until
-    /// the commit).
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// the commit); `None` while the content is only in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.file.as_ref().map(|f| f.path.as_path())
     }
 
-    fn out(&mut self) -> io::Result<&mut BufWriter<File>> {
-        // `out` is only taken by `commit` (which consumes the writer) and `drop`.
-        self.out
-            .as_mut()
-            .ok_or_else(|| io::Error::other("message writer already finished"))
+    /// Moves the content from memory into a new content file, for content that has outgrown
+    /// the journal.
+    fn spill(&mut self) -> io::Result<&mut ContentFile> {
+        let mut file = ContentFile::create(&self.place, self.id).map_err(io::Error::other)?;
+        if let Some(memory) = self.memory.take() {
+            file.out.get_mut().write_all(&memory)?;
+        }
+        Ok(self.file.insert(file))
     }
 }
 
 impl Write for MessageWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out()?.write(buf)?;
-        self.written += n as u64;
-        let written = buf.get(..n).unwrap_or(buf);
-        self.checksum.update(written);
-        if let Some(copy) = &mut self.copy {
-            if copy.len() + written.len() <= JOURNAL_CONTENT_MAX {
-                copy.extend_from_slice(written);
-            } else {
-                self.copy = None;
+        let n = match (&mut self.file, &mut self.memory) {
+            (None, Some(memory)) if memory.len() + buf.len() <= JOURNAL_CONTENT_MAX => {
+                memory.extend_from_slice(buf);
+                buf.len()
             }
-        }
+            (Some(file), _) => file.out.write(buf)?,
+            (None, _) => self.spill()?.out.write(buf)?,
+        };
+        self.written += n as u64;
+        self.checksum.update(buf.get(..n).unwrap_or(buf));
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.out()?.flush()
+        match &mut self.file {
+            Some(file) => file.out.flush(),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for MessageWriter {
     fn drop(&mut self) {
-        if let Some(out) = self.out.take() {
-            // Discard the buffered tail instead of writing it to a file about to be removed.
+        if let Some(file) = self.file.take() {
+            // Discard the buffered tail instead of writing it to a file about to be removed;
+            // the guard then removes the file.
+            let ContentFile { out, guard, .. } = file;
             let (_file, _unwritten) = out.into_parts();
+            drop(guard);
         }
-        // `guard` (still set unless committed) removes the temporary file after this.
     }
 }
 
@@ -223,6 +268,9 @@ pub struct CommitStats {
     pub largest_batch: u64,
     /// Messages whose commit failed.
     pub failed: u64,
+    /// Small messages written out of the journal into `queue/` files (deferred, held, read
+    /// back, or still queued at a checkpoint); the others never had files.
+    pub written_out: u64,
 }
 
 #[derive(Debug, Default)]
@@ -244,6 +292,7 @@ impl Stats {
             messages: self.messages.load(Ordering::Relaxed),
             largest_batch: self.largest_batch.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            written_out: 0,
         }
     }
 }
@@ -347,8 +396,9 @@ impl Committer {
         self.stats.snapshot()
     }
 
-    /// Finishes the content file (in `queue/`), writes the envelope next to it and queues
-    /// both for the committer.
+    /// Queues a finished message for the committer: content kept in memory goes into the
+    /// journal only; otherwise the content file is finished (in `queue/`) and the envelope
+    /// written next to it.
     pub(crate) fn submit(
         &self,
         disk: &Disk,
@@ -356,12 +406,15 @@ impl Committer {
         mut writer: MessageWriter,
         mut envelope: Envelope,
     ) -> CommitHandle {
-        let queued_env = Layout::file(&disk.layout.queue, writer.id, ENV_EXT);
         if envelope.id != writer.id {
+            let path = writer.path().map_or_else(
+                || Layout::file(&disk.layout.queue, writer.id, MSG_EXT),
+                Path::to_owned,
+            );
             return CommitHandle::failed(
                 Error::IdMismatch {
                     envelope: envelope.id,
-                    path: writer.path.clone(),
+                    path,
                 },
                 &self.root,
             );
@@ -372,30 +425,37 @@ impl Committer {
         envelope.content_crc32 = Some(writer.checksum.clone().finalize());
         envelope.version = ENVELOPE_VERSION;
 
+        let queued_env = Layout::file(&disk.layout.queue, writer.id, ENV_EXT);
         let text = match envelope.to_toml(&queued_env) {
             Ok(text) => text.into_bytes(),
             Err(error) => return CommitHandle::failed(error, &self.root),
         };
-        let content_copy = writer.copy.take();
-        let msg_guard = match finish_content(disk, writer) {
-            Ok(finished) => finished,
-            Err(error) => return CommitHandle::failed(error, &self.root),
-        };
-        match write_envelope_file(disk, &text, &queued_env, free) {
-            Ok(()) => {}
-            Err(error) => {
-                drop(msg_guard);
-                return CommitHandle::failed(error, &self.root);
-            }
-        };
-
         let (reply, receiver) = oneshot::channel();
-        let pending = Pending {
-            envelope,
-            record: content_copy.map(|content| (text, content)),
-            env_guard: Some(RemoveOnDrop::new(queued_env)),
-            msg_guard: Some(msg_guard),
-            reply,
+        let pending = match writer.memory.take() {
+            Some(content) => Pending {
+                envelope,
+                record: Some((text, content)),
+                env_guard: None,
+                msg_guard: None,
+                reply,
+            },
+            None => {
+                let msg_guard = match finish_content(disk, writer) {
+                    Ok(finished) => finished,
+                    Err(error) => return CommitHandle::failed(error, &self.root),
+                };
+                if let Err(error) = write_envelope_file(disk, &text, &queued_env, free) {
+                    drop(msg_guard);
+                    return CommitHandle::failed(error, &self.root);
+                }
+                Pending {
+                    envelope,
+                    record: None,
+                    env_guard: Some(RemoveOnDrop::new(queued_env)),
+                    msg_guard: Some(msg_guard),
+                    reply,
+                }
+            }
         };
         let handle = CommitHandle {
             receiver,
@@ -437,26 +497,29 @@ impl Drop for Committer {
 /// and renames it to `queue/ID.msg`. Returns the guard that removes the file should the commit
 /// fail.
 fn finish_content(disk: &Disk, mut writer: MessageWriter) -> Result<RemoveOnDrop, Error> {
-    let guard = writer.guard.take();
-    let out = writer.out.take().ok_or_else(|| {
+    let queued = Layout::file(&disk.layout.queue, writer.id, MSG_EXT);
+    let ContentFile {
+        path,
+        out,
+        recycled,
+        guard,
+    } = writer.file.take().ok_or_else(|| {
         Error::io(
             "commit",
-            &writer.path,
+            &queued,
             io::Error::other("writer already finished"),
         )
     })?;
-    // From here on `guard` (if any) removes the file on every early return.
-    let guard = guard.unwrap_or_else(|| RemoveOnDrop::new(writer.path.clone()));
+    // From here on `guard` removes the file on every early return.
     let file = out
         .into_inner()
-        .map_err(|e| Error::io("write", &writer.path, e.into_error()))?;
-    if !writer.recycled {
+        .map_err(|e| Error::io("write", &path, e.into_error()))?;
+    if !recycled {
         return Ok(guard);
     }
     file.set_len(writer.written)
-        .map_err(|e| Error::io("truncate", &writer.path, e))?;
-    let queued = Layout::file(&disk.layout.queue, writer.id, MSG_EXT);
-    disk.rename(&writer.path, &queued)?;
+        .map_err(|e| Error::io("truncate", &path, e))?;
+    disk.rename(&path, &queued)?;
     guard.disarm();
     Ok(RemoveOnDrop::new(queued))
 }
@@ -528,12 +591,7 @@ fn run(
 }
 
 /// Commits one batch, answering every waiter.
-fn commit_batch(
-    disk: &Disk,
-    mut batch: Vec<Pending>,
-    journal: Option<&SharedJournal>,
-    stats: &Stats,
-) {
+fn commit_batch(disk: &Disk, batch: Vec<Pending>, journal: Option<&SharedJournal>, stats: &Stats) {
     let queue = &disk.layout.queue;
     if let Err(e) = disk.faults().before(Step::BeginBatch {
         messages: batch.len(),
@@ -546,7 +604,7 @@ fn commit_batch(
     }
 
     // 1. Content and envelope on disk, or in the journal: one sync for the batch.
-    let results = sync_batch(disk, &mut batch, journal, stats);
+    let results = sync_batch(disk, &batch, journal, stats);
     let mut synced = Vec::with_capacity(batch.len());
     for (pending, result) in batch.into_iter().zip(results) {
         match result {
@@ -581,14 +639,17 @@ fn commit_batch(
 
 /// Removes messages whose commit handle was dropped: no 250 can be sent for them, and mail
 /// that was never acknowledged must not be delivered. Their removal is logged (and synced)
-/// in the journal first, so a crash in between cannot bring them back; envelope before
-/// content, as in `Spool::remove`.
+/// in the journal first, so a crash in between cannot bring them back; then the files of
+/// those that have any go, envelope before content, as in `Spool::remove`.
 fn withdraw(disk: &Disk, ids: &[QueueId], journal: Option<&SharedJournal>, stats: &Stats) {
     let queue = &disk.layout.queue;
-    if let Some(journal) = journal
-        && let Err(e) = journal.log_removed(disk, ids, true)
-    {
-        tracing::warn!(error = %e, "could not log withdrawn messages in the commit journal");
+    if let Some(journal) = journal {
+        for &id in ids {
+            journal.forget(id);
+        }
+        if let Err(e) = journal.log_removed(disk, ids, true) {
+            tracing::warn!(error = %e, "could not log withdrawn messages in the commit journal");
+        }
     }
     for &id in ids {
         tracing::info!(queue_id = %id, "commit abandoned by its caller; removing the message");
@@ -604,45 +665,59 @@ fn withdraw(disk: &Disk, ids: &[QueueId], journal: Option<&SharedJournal>, stats
     }
 }
 
-/// Makes every message of `batch` durable with one sync: an `fdatasync` of the journal
-/// holding their records when all are small enough and the spool journals, else a `syncfs`
-/// (whose cost does not grow with the number of files). One result per message, in order.
+/// Makes every message of `batch` durable: the messages kept in memory by one `fdatasync`
+/// of the journal holding their records, those with files by one `syncfs` (whose cost does
+/// not grow with the number of files). A batch of small messages only, the common case,
+/// needs just the first. One result per message, in order.
 fn sync_batch(
     disk: &Disk,
-    batch: &mut [Pending],
+    batch: &[Pending],
     journal: Option<&SharedJournal>,
     stats: &Stats,
 ) -> Vec<Result<(), Error>> {
     let queue = &disk.layout.queue;
-    let checked: Vec<Result<(), Error>> = batch
+    let mut results: Vec<Result<(), Error>> = batch
         .iter()
         .map(|p| {
+            if p.record.is_some() {
+                return Ok(());
+            }
             let id = p.id();
             disk.check_sync_file(&Layout::file(queue, id, MSG_EXT))?;
             disk.check_sync_file(&Layout::file(queue, id, ENV_EXT))
         })
         .collect();
-    let synced = match journal {
-        Some(journal) if batch.iter().all(|p| p.record.is_some()) => {
-            stats.journal_syncs.fetch_add(1, Ordering::Relaxed);
-            journal_batch(disk, journal, batch, &checked, stats)
-        }
-        _ => {
-            stats.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
-            let synced = disk.sync_filesystem(queue);
-            if let Some(journal) = journal {
-                checkpoint_if_full(disk, journal, stats);
+    let mut fail = |journaled: bool, error: Error| {
+        for (pending, result) in batch.iter().zip(results.iter_mut()) {
+            if pending.record.is_some() == journaled && result.is_ok() {
+                *result = Err(error.duplicate());
             }
-            synced
         }
     };
-    match synced {
-        Ok(()) => checked,
-        Err(error) => checked
-            .into_iter()
-            .map(|_| Err(error.duplicate()))
-            .collect(),
+    if batch.iter().any(|p| p.record.is_some()) {
+        stats.journal_syncs.fetch_add(1, Ordering::Relaxed);
+        let synced = match journal {
+            Some(journal) => journal_batch(disk, journal, batch, stats),
+            None => Err(Error::io(
+                "commit",
+                queue,
+                io::Error::other("content kept for a journal the spool does not have"),
+            )),
+        };
+        if let Err(error) = synced {
+            fail(true, error);
+        }
     }
+    if batch.iter().any(|p| p.record.is_none()) {
+        stats.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = disk.sync_filesystem(queue) {
+            fail(false, error);
+        }
+        if let Some(journal) = journal {
+            checkpoint_if_full(disk, journal, stats);
+        }
+    }
+    results
 }
 
 /// Checkpoints a full segment after a batch that was synced with `syncfs` (removals alone
@@ -658,46 +733,41 @@ fn checkpoint_if_full(disk: &Disk, journal: &SharedJournal, stats: &Stats) {
     }
 }
 
-/// Appends one record per message that passed its checks to the journal — checkpointing a
-/// full segment first; a failed checkpoint fails the batch, since a new header may have
-/// reached the other segment — and syncs it, outside the lock so that removals need not wait
-/// for the disk. Should the sync fail, the messages are logged as removed and that is synced
-/// (they will be answered 451 and their files removed), so that a replay never brings back
-/// mail that was refused.
+/// Appends the records of the batch's messages kept in memory to the journal —
+/// checkpointing a full segment first; a failed checkpoint fails the batch, since a new
+/// header may have reached the other segment — and syncs it, outside the lock so that
+/// removals need not wait for the disk. Once synced, the messages are registered as durable
+/// in the journal only. Should the sync fail, they are logged as removed and that is synced
+/// (they will be answered 451), so that a replay never brings back mail that was refused.
 fn journal_batch(
     disk: &Disk,
     journal: &SharedJournal,
     batch: &[Pending],
-    checked: &[Result<(), Error>],
     stats: &Stats,
 ) -> Result<(), Error> {
-    let segment = {
+    let messages: Vec<(QueueId, &[u8], &[u8])> = batch
+        .iter()
+        .filter_map(|p| {
+            p.record
+                .as_ref()
+                .map(|(envelope, content)| (p.id(), envelope.as_slice(), content.as_slice()))
+        })
+        .collect();
+    let (segment, places) = {
         let mut journal = journal.lock();
         if journal.is_full() {
             stats.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
             journal.checkpoint(disk)?;
         }
-        let generation = journal.generation();
-        let mut records = Vec::new();
-        for (pending, check) in batch.iter().zip(checked) {
-            if let (Some((envelope, content)), Ok(())) = (&pending.record, check) {
-                journal::encode_committed(
-                    &mut records,
-                    generation,
-                    pending.id(),
-                    envelope,
-                    content,
-                );
-            }
-        }
-        journal.append(disk, &records)?
+        journal.append_committed(disk, &messages)?
     };
-    let synced = segment.sync_data(disk);
-    if synced.is_err() {
-        let ids: Vec<QueueId> = batch.iter().map(Pending::id).collect();
+    if let Err(error) = segment.sync_data(disk) {
+        let ids: Vec<QueueId> = messages.iter().map(|&(id, _, _)| id).collect();
         if let Err(e) = journal.log_removed(disk, &ids, true) {
             tracing::warn!(error = %e, "could not log refused messages in the commit journal");
         }
+        return Err(error);
     }
-    synced
+    journal.register(places);
+    Ok(())
 }

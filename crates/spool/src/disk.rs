@@ -11,10 +11,10 @@
 //! DIR/journal/        the commit journal's two segments (see the `journal` module)
 //! ```
 //!
-//! A new message is written in place (or into a file from `free/`, renamed into `queue/` at
-//! commit) and made durable by its group commit: one `fdatasync` of the journal for small
-//! messages, one `syncfs` otherwise (the envelope, written last, marks it complete; it
-//! records the content's size and CRC-32). Envelope rewrites go temp file → fsync → rename
+//! A small message lives in the commit journal alone until it is written out (see the
+//! `journal` module). A larger one is written in place (or into a file from `free/`, renamed
+//! into `queue/` at commit) and made durable by its group commit's `syncfs` (the envelope,
+//! written last, marks it complete; it records the content's size and CRC-32). Envelope rewrites go temp file → fsync → rename
 //! → fsync of the directory, the shape of chasquid's `safeio`. Every sync and rename passes
 //! through a [`FaultInjector`] first, so
 //! tests can fail any step with no test-only branch in this code. Group commit (`commit`) and
@@ -335,6 +335,12 @@ pub(crate) fn read_envelope(path: &Path, id: QueueId) -> Result<Envelope, Error>
     file.take(MAX_ENVELOPE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io("read", path, e))?;
+    parse_envelope(bytes, path, id)
+}
+
+/// Parses `bytes`, read from `path` (an envelope file, or the journal segment holding it), as
+/// the envelope of `id`, with the checks of [`read_envelope`].
+pub(crate) fn parse_envelope(bytes: Vec<u8>, path: &Path, id: QueueId) -> Result<Envelope, Error> {
     if bytes.len() as u64 > MAX_ENVELOPE_BYTES {
         return Err(Error::Inconsistent {
             path: path.to_owned(),

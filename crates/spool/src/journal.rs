@@ -1,15 +1,22 @@
 //! The commit journal: how a group commit of small messages becomes durable with one
-//! `fdatasync` of a preallocated file instead of a `syncfs` of the whole file system.
+//! `fdatasync` of a preallocated file instead of a `syncfs` of the whole file system — and
+//! why most small messages never get files at all.
 //!
-//! Every message is still written as `queue/ID.msg` + `queue/ID.env`, exactly as without the
-//! journal; those files are what delivery, recovery and the queue tools read. What changes is
-//! the durability point. For a batch whose messages are all small (content up to
-//! [`JOURNAL_CONTENT_MAX`]), the committer appends one record per message — id, envelope
-//! text, content — to the active journal segment and `fdatasync`s it: one data write and one
-//! cache flush, where a `syncfs` writes every dirty inode, directory block and bitmap of the
-//! file system (measured on the benchmark VM: ~0.14 ms against ~1 ms, and a tenth of the
-//! bytes written). The message files reach the disk later, in the kernel's own write-back;
-//! should a power loss take them, the journal still has them.
+//! For a batch of small messages (content up to [`JOURNAL_CONTENT_MAX`], kept in memory by
+//! the writer), the committer appends one record per message — id, envelope text, content —
+//! to the active journal segment and `fdatasync`s it: one data write and one cache flush,
+//! where a `syncfs` writes every dirty inode, directory block and bitmap of the file system
+//! (measured on the benchmark VM: ~0.14 ms against ~1 ms). That record is then the message's
+//! only copy: most relayed mail is delivered at the first attempt within milliseconds, and
+//! its removal is one more record — no file is created, renamed or deleted for it.
+//!
+//! A message is **written out** of the journal into `queue/ID.msg` + `queue/ID.env` — the
+//! files that delivery, recovery and the queue tools read otherwise — as soon as anything
+//! needs them: any change or read by id (deferral after a failed attempt, hold, DSN,
+//! `open_content`), or a checkpoint while it is still queued. The journal keeps the places
+//! of the records not yet written out; the written files are not synced (the record still
+//! covers them until the next checkpoint's `syncfs`). Messages too large for the journal
+//! are written to files and synced with `syncfs`, as before.
 //!
 //! ```text
 //! DIR/journal/0.log, 1.log   two segments used in turn; the one whose header has the higher
@@ -22,23 +29,31 @@
 //!
 //! All integers are little-endian; the CRC-32 covers the bytes from `kind` to `length` and the
 //! payload. A removal is logged (without a sync of its own) *before* a message's files leave
-//! `queue/`, so that after a crash a delivered, deleted or refused message is not brought
-//! back; the journal is shared for this between the committer and the spool's removals.
+//! `queue/` (or, for a message never written out, instead of touching files), so that after
+//! a crash a delivered, deleted or refused message is not brought back; the journal is shared
+//! for this between the committer and the spool's removals.
 //!
-//! **Checkpoint.** When the active segment is full, the committer runs one `syncfs` — now
-//! every message file and removal so far is on disk — and starts the next generation in the
-//! other segment, whose old records then no longer count (their generation is older).
+//! **Checkpoint.** When the active segment is full, and at a clean close, the committer
+//! writes out every message still held in the journal alone, runs one `syncfs` — now every
+//! message file and removal so far is on disk — and starts the next generation in the other
+//! segment, whose old records then no longer count (their generation is older). A clean stop
+//! therefore leaves every queued message in files.
 //!
 //! **Replay** (at open, before anything else): the records of the active segment are read up
 //! to the first one that is torn, from another generation or fails its CRC. Every committed
-//! message without a later removal whose files are not intact — envelope missing or
-//! unreadable, content not matching the envelope's size and CRC-32 — is written back from
-//! its record; damaged files found in the way are moved to `corrupt/` first, never deleted.
-//! Then, when the segment held any message, the file system is synced (the files found intact
-//! may only be in the page cache, after a `kill -9`), and a fresh generation begins, so
-//! nothing is replayed twice.
+//! message without a later removal whose files are not intact — never written out, envelope
+//! missing or unreadable, content not matching the envelope's size and CRC-32 — is written
+//! from its record; damaged files found in the way are moved to `corrupt/` first, never
+//! deleted. Then, when the segment held any message, the file system is synced (the files
+//! found intact may only be in the page cache, after a `kill -9`), and a fresh generation
+//! begins, so nothing is replayed twice.
+//!
+//! **Locks.** The journal's mutex guards the segment, the generation and the places of the
+//! records not yet written out; a spool operation takes its message's stripe lock first,
+//! the committer never takes a stripe lock, so a write-out by id and a checkpoint's write-out
+//! of everything are serialised by the journal's mutex alone.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -47,7 +62,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 #[cfg(unix)]
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
-use crate::disk::{self, Disk, ENV_EXT, Layout, MSG_EXT, Step};
+use crate::disk::{self, Disk, ENV_EXT, Layout, MSG_EXT, RemoveOnDrop, Step};
 use crate::{Error, QueueId};
 
 /// Largest content copied into the journal; a batch holding a larger message is made durable
@@ -102,7 +117,7 @@ fn encode(out: &mut Vec<u8>, kind: u8, generation: u64, payload: &[&[u8]]) {
 }
 
 /// Appends the record of a committed message.
-pub(crate) fn encode_committed(
+fn encode_committed(
     out: &mut Vec<u8>,
     generation: u64,
     id: QueueId,
@@ -227,6 +242,43 @@ impl Segment {
     }
 }
 
+impl Segment {
+    /// Reads the committed record at `place` back: the message's envelope text and content.
+    fn read_committed(&self, place: RecordPlace) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        let mut bytes = vec![0u8; place.len];
+        self.file
+            .read_exact_at(&mut bytes, place.offset)
+            .map_err(|e| Error::io("read", &self.path, e))?;
+        let invalid = || {
+            Error::io(
+                "read",
+                &self.path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("no valid record at offset {}", place.offset),
+                ),
+            )
+        };
+        let (kind, _, payload, _) = decode_one(&bytes).ok_or_else(invalid)?;
+        match decode_payload(kind, payload) {
+            Some(Record::Committed {
+                envelope, content, ..
+            }) => Ok((envelope.to_vec(), content.to_vec())),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+/// Messages and where their committed records lie, as appended.
+pub(crate) type RecordPlaces = Vec<(QueueId, RecordPlace)>;
+
+/// Where a committed record lies in the active segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordPlace {
+    offset: u64,
+    len: usize,
+}
+
 /// The open journal, shared by the committer (records of new messages, checkpoints) and the
 /// spool's removals, which log themselves before a message's files leave `queue/`.
 #[derive(Debug)]
@@ -267,6 +319,31 @@ impl SharedJournal {
     }
 }
 
+impl SharedJournal {
+    /// Registers messages that are durable in the journal only, once their records are
+    /// synced: until they are written out or removed, the journal is their only copy.
+    pub(crate) fn register(&self, places: RecordPlaces) {
+        self.lock().unwritten.extend(places);
+    }
+
+    /// Drops message `id` from the journal-only messages (it is being removed); whether it
+    /// was one — it then has no files.
+    pub(crate) fn forget(&self, id: QueueId) -> bool {
+        self.lock().unwritten.remove(&id).is_some()
+    }
+
+    /// Writes message `id` to `queue/` from its record if it is durable in the journal only,
+    /// so that it can be read, rewritten or moved like any other.
+    pub(crate) fn write_out(&self, disk: &Disk, id: QueueId) -> Result<(), Error> {
+        self.lock().write_out(disk, id)
+    }
+
+    /// Messages written out of the journal into `queue/` so far.
+    pub(crate) fn written_out(&self) -> u64 {
+        self.lock().written_out
+    }
+}
+
 /// The journal's state: which segment is active, in which generation, and where the next
 /// record goes.
 #[derive(Debug)]
@@ -280,6 +357,11 @@ pub(crate) struct Journal {
     /// Where the next record goes in the active segment.
     offset: u64,
     segment_size: u64,
+    /// Messages durable only as records in the active segment (no files yet), and where
+    /// their records are.
+    unwritten: HashMap<QueueId, RecordPlace>,
+    /// Messages written out of the journal into `queue/` so far.
+    written_out: u64,
 }
 
 /// What replaying the journal at open did.
@@ -301,18 +383,9 @@ impl Journal {
         segment_size: u64,
     ) -> Result<(Option<Arc<SharedJournal>>, Replay), Error> {
         let dir = &disk.layout.journal;
-        let paths = [dir.join("0.log"), dir.join("1.log")];
-        let mut contents = [Vec::new(), Vec::new()];
-        for (path, content) in paths.iter().zip(contents.iter_mut()) {
-            *content = read_if_present(path)?;
-        }
+        let (paths, contents) = read_segments(dir)?;
         let generations = contents.each_ref().map(|c| segment_generation(c));
-        let active = match generations {
-            [Some(a), Some(b)] => Some(usize::from(b > a)),
-            [Some(_), None] => Some(0),
-            [None, Some(_)] => Some(1),
-            [None, None] => None,
-        };
+        let active = active_segment(generations);
         let (had_messages, replay) = match active.and_then(|i| contents.get(i)) {
             Some(bytes) => replay(disk, bytes)?,
             None => (false, Replay::default()),
@@ -339,6 +412,8 @@ impl Journal {
             generation: newest,
             offset: 0,
             segment_size: segment_size.max(HEADER_LEN as u64),
+            unwritten: HashMap::new(),
+            written_out: 0,
         };
         journal.start_next_generation(disk)?;
         disk.sync_dir(dir)?;
@@ -346,11 +421,6 @@ impl Journal {
             journal: Mutex::new(journal),
         };
         Ok((Some(Arc::new(shared)), replay))
-    }
-
-    /// The generation records are appended with now.
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation
     }
 
     /// Writes `records` (encoded with [`Journal::generation`]) at the end of the active
@@ -383,6 +453,42 @@ impl Journal {
         Ok(segment)
     }
 
+    /// Appends the committed records of `messages` (id, envelope text, content) like
+    /// [`Journal::append`], and also returns where each record lies, for
+    /// [`SharedJournal::register`] once the segment is synced.
+    pub(crate) fn append_committed(
+        &mut self,
+        disk: &Disk,
+        messages: &[(QueueId, &[u8], &[u8])],
+    ) -> Result<(Arc<Segment>, RecordPlaces), Error> {
+        let mut records = Vec::new();
+        let mut places = Vec::with_capacity(messages.len());
+        for &(id, envelope, content) in messages {
+            let start = records.len();
+            encode_committed(&mut records, self.generation, id, envelope, content);
+            let place = RecordPlace {
+                offset: self.offset + start as u64,
+                len: records.len() - start,
+            };
+            places.push((id, place));
+        }
+        let segment = self.append(disk, &records)?;
+        Ok((segment, places))
+    }
+
+    /// Writes message `id` to `queue/` from its record, if it is durable in the journal only.
+    fn write_out(&mut self, disk: &Disk, id: QueueId) -> Result<(), Error> {
+        let Some(&place) = self.unwritten.get(&id) else {
+            return Ok(());
+        };
+        let segment = &self.segments[self.active];
+        let (envelope, content) = segment.read_committed(place)?;
+        write_files(id, &envelope, &content, &disk.layout.queue)?;
+        self.unwritten.remove(&id);
+        self.written_out += 1;
+        Ok(())
+    }
+
     /// Whether the active segment has grown past its size, so that the committer should
     /// checkpoint.
     pub(crate) fn is_full(&self) -> bool {
@@ -395,6 +501,10 @@ impl Journal {
     /// segment would make replay take that segment, so the caller must not acknowledge
     /// anything more until a checkpoint succeeds.
     pub(crate) fn checkpoint(&mut self, disk: &Disk) -> Result<(), Error> {
+        let unwritten: Vec<QueueId> = self.unwritten.keys().copied().collect();
+        for id in unwritten {
+            self.write_out(disk, id)?;
+        }
         disk.sync_filesystem(&disk.layout.queue)?;
         self.start_next_generation(disk)
     }
@@ -421,6 +531,67 @@ impl Journal {
     }
 }
 
+/// The paths of the two segments in `dir` and their bytes (empty when a segment is missing).
+fn read_segments(dir: &Path) -> Result<([PathBuf; 2], [Vec<u8>; 2]), Error> {
+    let paths = [dir.join("0.log"), dir.join("1.log")];
+    let contents = [read_if_present(&paths[0])?, read_if_present(&paths[1])?];
+    Ok((paths, contents))
+}
+
+/// Which segment is active, from the generations of their headers: the higher one.
+fn active_segment(generations: [Option<u64>; 2]) -> Option<usize> {
+    match generations {
+        [Some(a), Some(b)] => Some(usize::from(b > a)),
+        [Some(_), None] => Some(0),
+        [None, Some(_)] => Some(1),
+        [None, None] => None,
+    }
+}
+
+/// The committed messages of `records` not removed later: id, envelope text, content.
+fn live_messages<'a>(
+    records: &'a [Record<'a>],
+) -> impl Iterator<Item = (QueueId, &'a [u8], &'a [u8])> {
+    let removed: HashSet<QueueId> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Removed(id) => Some(*id),
+            Record::Committed { .. } => None,
+        })
+        .collect();
+    records.iter().filter_map(move |record| match record {
+        Record::Committed {
+            id,
+            envelope,
+            content,
+        } if !removed.contains(id) => Some((*id, *envelope, *content)),
+        _ => None,
+    })
+}
+
+/// A message as the journal holds it: id, envelope text, content.
+pub(crate) type LiveRecord = (QueueId, Vec<u8>, Vec<u8>);
+
+/// The messages the journal in `dir` (a spool's `journal/`) holds for a running spool:
+/// committed in the active segment and not removed since, and that segment's path.
+/// Read-only, for the queue tools; empty without a journal. Some of them may also have files
+/// by now.
+pub(crate) fn read_live(dir: &Path) -> Result<(PathBuf, Vec<LiveRecord>), Error> {
+    let (paths, contents) = read_segments(dir)?;
+    let active = active_segment(contents.each_ref().map(|c| segment_generation(c)));
+    let [first, second] = paths;
+    let (path, bytes) = match active {
+        Some(1) => (second, &contents[1]),
+        Some(_) => (first, &contents[0]),
+        None => return Ok((first, Vec::new())),
+    };
+    let records = decode_segment(bytes).map_or_else(Vec::new, |(_, records)| records);
+    let live = live_messages(&records)
+        .map(|(id, envelope, content)| (id, envelope.to_vec(), content.to_vec()))
+        .collect();
+    Ok((path, live))
+}
+
 /// Applies the active segment's records: restores every committed, not removed message whose
 /// files are not intact. Also says whether the segment recorded any message at all.
 fn replay(disk: &Disk, bytes: &[u8]) -> Result<(bool, Replay), Error> {
@@ -430,27 +601,9 @@ fn replay(disk: &Disk, bytes: &[u8]) -> Result<(bool, Replay), Error> {
     let had_messages = records
         .iter()
         .any(|r| matches!(r, Record::Committed { .. }));
-    let removed: HashSet<QueueId> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Removed(id) => Some(*id),
-            Record::Committed { .. } => None,
-        })
-        .collect();
     let mut result = Replay::default();
-    for record in &records {
-        let Record::Committed {
-            id,
-            envelope,
-            content,
-        } = record
-        else {
-            continue;
-        };
-        if removed.contains(id) {
-            continue;
-        }
-        match stored_state(disk, *id) {
+    for (id, envelope, content) in live_messages(&records) {
+        match stored_state(disk, id) {
             Stored::Intact => continue,
             Stored::Missing(lone_content) => {
                 // A content file without envelope is an incomplete write; the record replaces it.
@@ -464,8 +617,8 @@ fn replay(disk: &Disk, bytes: &[u8]) -> Result<(bool, Replay), Error> {
                 }
             }
         }
-        restore(*id, envelope, content, &disk.layout.queue)?;
-        result.restored.push(*id);
+        write_files(id, envelope, content, &disk.layout.queue)?;
+        result.restored.push(id);
     }
     Ok((had_messages, result))
 }
@@ -504,14 +657,18 @@ fn stored_state(disk: &Disk, id: QueueId) -> Stored {
     }
 }
 
-/// Writes `queue/ID.msg` and then `queue/ID.env` from a record (made durable by the `syncfs`
-/// that follows replay).
-fn restore(id: QueueId, envelope: &[u8], content: &[u8], queue: &Path) -> Result<(), Error> {
+/// Writes `queue/ID.msg` and then `queue/ID.env` from a record, removing what it wrote if
+/// it fails. Not synced: the record stays valid until the next checkpoint's `syncfs` (or the
+/// one that follows replay).
+fn write_files(id: QueueId, envelope: &[u8], content: &[u8], queue: &Path) -> Result<(), Error> {
+    let mut written = Vec::new();
     for (ext, bytes) in [(MSG_EXT, content), (ENV_EXT, envelope)] {
         let path = Layout::file(queue, id, ext);
         let file = disk::create_new(&path)?;
+        written.push(RemoveOnDrop::new(path.clone()));
         disk::write_all(&file, bytes, &path)?;
     }
+    written.into_iter().for_each(RemoveOnDrop::disarm);
     Ok(())
 }
 

@@ -3,9 +3,9 @@
 //!
 //! The contract the rest of the relay builds on: a message is answered `250` only with a
 //! [`Durable`] in hand, and only the spool makes those, after the message is on disk: its
-//! record in the commit journal (one `fdatasync` per group commit of small messages), or its
-//! files and their directory entries in `queue/` (one `syncfs` per group commit otherwise). After a crash at
-//! any instant,
+//! record in the commit journal (one `fdatasync` per group commit of small messages, which
+//! get files only if they stay queued), or its files and their directory entries in
+//! `queue/` (one `syncfs` per group commit otherwise). After a crash at any instant,
 //! [`Spool::open`] finds every such message again (in [`RecoveryReport::queued`]) and
 //! nothing that was not acknowledged.
 //!
@@ -16,7 +16,8 @@
 //! * `disk` — the directory layout and the fsync, syncfs and rename steps, each passing a
 //!   [`FaultInjector`] so tests can fail it.
 //! * `commit` — [`MessageWriter`], the group committer thread, [`CommitHandle`], [`Durable`].
-//! * `journal` — the commit journal: durable records of small messages, replayed at open.
+//! * `journal` — the commit journal: durable records of small messages (their only copy
+//!   until they are written out), replayed at open.
 //! * `recover` — the start-up scan ([`RecoveryReport`]): remove incomplete, quarantine corrupt.
 //! * `spool` — [`Spool`]: open with lock, then load/update/hold/release/remove by id.
 //! * `reader` — [`SpoolReader`], lock-free read-only access for the CLI.
@@ -73,6 +74,6 @@ pub use envelope::{
 };
 pub use error::Error;
 pub use id::QueueId;
-pub use reader::{ListedMessage, SpoolReader};
+pub use reader::{ContentLocation, ListedMessage, SpoolReader};
 pub use recover::RecoveryReport;
 pub use spool::{DeferredRecovery, Spool, SpoolOptions};

@@ -3,16 +3,30 @@
 //!
 //! [`SpoolReader`] takes no lock and changes nothing: no recovery, no quarantine. What it sees
 //! can be a moment out of date (a message delivered or held while the listing runs) but never
-//! a half-written file, since every file it reads was renamed into place whole. Files it
-//! cannot read are listed with their error rather than skipped, as KumoMTA's enumeration
-//! yields `Corrupt` entries: an operator must see them. Changing the queue is the daemon's job.
+//! a half-written file, since every file it reads was renamed into place whole or is checked
+//! by its envelope. Small messages a running daemon holds in its commit journal alone (not
+//! yet deferred, held or checkpointed, so without files) are read from the journal's records.
+//! Files it cannot read are listed with their error rather than skipped, as KumoMTA's
+//! enumeration yields `Corrupt` entries: an operator must see them. Changing the queue is the
+//! daemon's job.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::disk::{self, ENV_EXT, Layout, MSG_EXT};
+use crate::journal;
 use crate::{Envelope, Error, QueueId};
+
+/// Where [`SpoolReader::content_location`] found a message's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentLocation {
+    /// The content file.
+    File(PathBuf),
+    /// A record in this commit journal segment: the message has no files yet.
+    JournalRecord(PathBuf),
+}
 
 /// A read-only view of a spool directory.
 #[derive(Debug, Clone)]
@@ -23,7 +37,7 @@ pub struct SpoolReader {
 /// One message found by [`SpoolReader::list`].
 #[derive(Debug)]
 pub struct ListedMessage {
-    /// The envelope file.
+    /// The envelope file, or the journal segment holding a message that has no files yet.
     pub path: PathBuf,
     /// The id from the file name, when the name is a valid id.
     pub id: Option<QueueId>,
@@ -54,9 +68,10 @@ impl SpoolReader {
         &self.layout.root
     }
 
-    /// Every message in `queue/` then `hold/`, each in id (arrival) order. An envelope that
-    /// cannot be read or parsed is an entry with its error. A message that disappears while
-    /// the listing runs (delivered, removed) is left out.
+    /// Every message in `queue/` then `hold/`, each in id (arrival) order, then the queued
+    /// messages held in the commit journal alone. An envelope that cannot be read or parsed
+    /// is an entry with its error. A message that disappears while the listing runs
+    /// (delivered, removed) is left out.
     pub fn list(&self) -> Result<Vec<ListedMessage>, Error> {
         let mut listed = Vec::new();
         for (dir, held) in [(&self.layout.queue, false), (&self.layout.hold, true)] {
@@ -96,10 +111,50 @@ impl SpoolReader {
             here.sort_by(|a, b| a.path.cmp(&b.path));
             listed.append(&mut here);
         }
+        // A message written out since its directory was read is listed from its record
+        // (as committed), rather than missed.
+        let with_files: HashSet<QueueId> = listed.iter().filter_map(|m| m.id).collect();
+        for message in self.journaled()? {
+            if message.id.is_some_and(|id| !with_files.contains(&id)) {
+                listed.push(message);
+            }
+        }
         Ok(listed)
     }
 
-    /// The envelope of message `id`, from `queue/` or `hold/`.
+    /// The messages the commit journal holds (see the `journal` module), as listed: the
+    /// segment as path, each envelope parsed from its record.
+    fn journaled(&self) -> Result<Vec<ListedMessage>, Error> {
+        let (segment, live) = journal::read_live(&self.layout.journal)?;
+        Ok(live
+            .into_iter()
+            .map(|(id, text, _)| ListedMessage {
+                envelope: disk::parse_envelope(text, &segment, id),
+                path: segment.clone(),
+                id: Some(id),
+                held: false,
+            })
+            .collect())
+    }
+
+    /// The content of message `id`: its content file, or its journal record when it has no
+    /// files yet.
+    pub fn read_content(&self, id: QueueId) -> Result<Vec<u8>, Error> {
+        let path = match self.content_location(id) {
+            ContentLocation::File(path) => path,
+            ContentLocation::JournalRecord(_) => {
+                let (_, live) = journal::read_live(&self.layout.journal)?;
+                match live.into_iter().find(|(j, ..)| *j == id) {
+                    Some((_, _, content)) => return Ok(content),
+                    // Written out or removed since it was located: the file is the answer.
+                    None => Layout::file(&self.layout.queue, id, MSG_EXT),
+                }
+            }
+        };
+        fs::read(&path).map_err(|e| Error::io("read", &path, e))
+    }
+
+    /// The envelope of message `id`, from `queue/` or `hold/`, else from the commit journal.
     pub fn show(&self, id: QueueId) -> Result<Envelope, Error> {
         // A hold or release moves the envelope between the two; look a second time in
         // `queue/` in case it moved there while `hold/` was being checked.
@@ -109,21 +164,31 @@ impl SpoolReader {
                 other => return other,
             }
         }
+        if let Some(message) = self.journaled()?.into_iter().find(|m| m.id == Some(id)) {
+            return message.envelope;
+        }
         Err(Error::NotFound {
             id,
             dir: self.layout.root.clone(),
         })
     }
 
-    /// Where message `id`'s content is: `hold/ID.msg` if that exists, else `queue/ID.msg`
-    /// (which may not exist either if the message is gone).
-    pub fn content_path(&self, id: QueueId) -> PathBuf {
+    /// Where message `id`'s content is: `hold/ID.msg` if that exists, else `queue/ID.msg` if
+    /// that exists, else the journal segment when its record holds the message; else
+    /// `queue/ID.msg` (the message is gone).
+    pub fn content_location(&self, id: QueueId) -> ContentLocation {
         let held = Layout::file(&self.layout.hold, id, MSG_EXT);
+        let queued = Layout::file(&self.layout.queue, id, MSG_EXT);
         if held.exists() {
-            held
-        } else {
-            Layout::file(&self.layout.queue, id, MSG_EXT)
+            return ContentLocation::File(held);
         }
+        if !queued.exists()
+            && let Ok(journaled) = self.journaled()
+            && let Some(message) = journaled.into_iter().find(|m| m.id == Some(id))
+        {
+            return ContentLocation::JournalRecord(message.path);
+        }
+        ContentLocation::File(queued)
     }
 
     /// Files quarantined in `corrupt/`, sorted by name, for an operator to inspect.

@@ -1,6 +1,10 @@
 //! Recycled files: the files of delivered messages are kept in `free/` and reused for new
 //! messages instead of being unlinked and created again.
 //!
+//! Which messages have files at all: with the commit journal (production), small messages
+//! get them only when written out of the journal (deferred, held, or queued at a
+//! checkpoint), and larger ones always; without it (tests), every message.
+//!
 //! Why: a relay creates and deletes two files per message. On ext4 without a journal the
 //! kernel's inode allocator skips every inode freed in the last minutes (`recently_deleted`
 //! in `fs/ext4/ialloc.c`), scanning past each one under the directory's lock, so at a few

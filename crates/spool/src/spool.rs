@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 #[cfg(unix)]
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::commit::{CommitHandle, CommitStats, Committer, MessageWriter};
+use crate::commit::{CommitHandle, CommitStats, Committer, FilePlace, MessageWriter};
 use crate::disk::{self, Disk, ENV_EXT, FaultInjector, Layout, MSG_EXT, NoFaults};
 use crate::journal::{Journal, SEGMENT_SIZE, SharedJournal};
 use crate::recover::{self, RecoveryReport};
@@ -75,7 +75,7 @@ struct Inner {
     /// committed through it, and removals are logged in it.
     journal: Option<Arc<SharedJournal>>,
     /// Files of delivered messages, reused for new ones.
-    free: FreeFiles,
+    free: Arc<FreeFiles>,
     stripes: Vec<Mutex<()>>,
     /// Held for the life of the spool; the OS releases the lock when it is closed.
     _lock: File,
@@ -160,7 +160,7 @@ impl Spool {
                     "damaged after a crash; the message was restored from the commit journal";
                 (path, reason.to_owned())
             }));
-        let free = FreeFiles::open(&disk.layout.free, options.recycle)?;
+        let free = Arc::new(FreeFiles::open(&disk.layout.free, options.recycle)?);
         let committer = Committer::start(disk.clone(), options.max_batch, journal.clone())?;
         tracing::info!(
             dir = %dir.display(),
@@ -201,7 +201,8 @@ impl Spool {
         &self.inner.disk.layout.root
     }
 
-    /// Starts a new message: a fresh [`QueueId`] and its temporary content file.
+    /// Starts a new message: a fresh [`QueueId`] and a writer for its content (kept in
+    /// memory while it fits the commit journal, else in its content file).
     ///
     /// While a deferred recovery is pending, the id is registered as new *before* its file
     /// exists, so a scan that lists the file always knows to leave it alone.
@@ -216,21 +217,21 @@ impl Spool {
         {
             ids.insert(id);
         }
-        MessageWriter::create(
-            &self.inner.disk.layout.queue,
-            id,
-            self.inner.free.take(),
-            self.inner.journal.is_some(),
-        )
+        let place = FilePlace {
+            queue_dir: self.inner.disk.layout.queue.clone(),
+            free: Arc::clone(&self.inner.free),
+        };
+        MessageWriter::create(id, place, self.inner.journal.is_some())
     }
 
     /// Hands a finished message to the group committer. `envelope.id` must be `writer.id()`.
     ///
     /// The spool sets `envelope.size` to the bytes written and `envelope.version` to the
-    /// format it writes. This call writes the writer's last buffered chunk and the small
-    /// envelope file (a recycled content file is cut to length and renamed into `queue/`),
-    /// then returns; the sync happens on the committer thread, and the returned handle
-    /// resolves when it is done.
+    /// format it writes. For a message with a content file, this call writes the writer's
+    /// last buffered chunk and the small envelope file (a recycled content file is cut to
+    /// length and renamed into `queue/`); a message kept in memory goes to the journal
+    /// only. Then it returns; the sync happens on the committer thread, and the returned
+    /// handle resolves when it is done.
     pub fn commit(&self, writer: MessageWriter, envelope: Envelope) -> CommitHandle {
         self.inner
             .committer
@@ -239,7 +240,13 @@ impl Spool {
 
     /// Counters of the group committer so far.
     pub fn commit_stats(&self) -> CommitStats {
-        self.inner.committer.stats()
+        let mut stats = self.inner.committer.stats();
+        stats.written_out = self
+            .inner
+            .journal
+            .as_ref()
+            .map_or(0, |journal| journal.written_out());
+        stats
     }
 
     /// Reads the envelope of message `id` from `queue/` or `hold/`.
@@ -272,9 +279,10 @@ impl Spool {
     }
 
     /// Deletes message `id` (after delivery, or by the operator): the removal is logged in the
-    /// commit journal, then its files go to the pool in `free/` for reuse, or are unlinked
-    /// when the pool is full. The envelope goes first, so a crash part-way leaves only a
-    /// `.msg`, which start-up removes as incomplete.
+    /// commit journal, then its files (if it has any: a message durable in the journal only
+    /// has none) go to the pool in `free/` for reuse, or are unlinked when the pool is full.
+    /// The envelope goes first, so a crash part-way leaves only a `.msg`, which start-up
+    /// removes as incomplete.
     ///
     /// Nothing is fsync'd: the journal record and the renames are visible at once to every
     /// process (and so survive `kill -9`), and should a power loss undo them, the message is
@@ -283,6 +291,12 @@ impl Spool {
     /// the group commits that stand between clients and their 250 (Postfix does the same).
     pub fn remove(&self, id: QueueId) -> Result<(), Error> {
         let _guard = self.lock(id);
+        if let Some(journal) = &self.inner.journal
+            && journal.forget(id)
+        {
+            self.log_removed(id);
+            return Ok(());
+        }
         let (dir, _) = self.locate(id)?;
         self.log_removed(id);
         self.inner.free.give(&Layout::file(dir, id, ENV_EXT))?;
@@ -392,8 +406,13 @@ impl Spool {
         }
     }
 
-    /// Where message `id` lives: its directory and whether that is `hold/`.
+    /// Where message `id` lives: its directory and whether that is `hold/`. A message
+    /// durable in the journal only is first written out to `queue/`, so that every change
+    /// by id works on files.
     fn locate(&self, id: QueueId) -> Result<(&Path, bool), Error> {
+        if let Some(journal) = &self.inner.journal {
+            journal.write_out(&self.inner.disk, id)?;
+        }
         let layout = &self.inner.disk.layout;
         if Layout::file(&layout.queue, id, ENV_EXT).exists() {
             Ok((&layout.queue, false))

@@ -1,6 +1,7 @@
-//! The commit journal through the public API: what a crash takes from the message files of
-//! acknowledged mail comes back from the journal at the next open; what was removed, refused
-//! or checkpointed does not.
+//! The commit journal through the public API: small messages live in the journal alone until
+//! something needs their files; after a crash, acknowledged mail without files, or whose
+//! files a crash took or damaged, comes back from the journal at the next open; what was
+//! removed, refused or checkpointed does not.
 //!
 //! A crash is staged by copying the spool directory while the spool is open (the state a
 //! `kill -9` would leave; a clean close checkpoints the journal instead); a power loss on top
@@ -16,7 +17,7 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 
-use spool::{Envelope, FaultInjector, QueueId, Spool, SpoolOptions, Step};
+use spool::{ContentLocation, Envelope, FaultInjector, QueueId, Spool, SpoolOptions, Step};
 
 fn durable() -> SpoolOptions {
     SpoolOptions::default()
@@ -37,6 +38,11 @@ fn queued_ids(report: &spool::RecoveryReport) -> Vec<QueueId> {
     ids
 }
 
+/// Whether message `id` has either of its files in `queue/`.
+fn has_files(dir: &Path, id: QueueId) -> bool {
+    queued(dir, id, "env").exists() || queued(dir, id, "msg").exists()
+}
+
 fn content(spool: &Spool, id: QueueId) -> Vec<u8> {
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut spool.open_content(id).unwrap(), &mut bytes).unwrap();
@@ -47,6 +53,7 @@ fn content(spool: &Spool, id: QueueId) -> Vec<u8> {
 fn acknowledged_mail_whose_files_were_lost_or_damaged_is_restored() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
+    let unwritten = commit(&spool, b"Subject: unwritten\r\n\r\nno files yet\r\n");
     let lost = commit(&spool, b"Subject: lost\r\n\r\nboth files gone\r\n");
     let empty_envelope = commit(
         &spool,
@@ -57,6 +64,13 @@ fn acknowledged_mail_whose_files_were_lost_or_damaged_is_restored() {
         b"Subject: torn\r\n\r\ncontent half written back\r\n",
     );
     let intact = commit(&spool, b"Subject: fine\r\n\r\nuntouched\r\n");
+    // Reading an envelope writes the message out of the journal into `queue/` (as a
+    // deferral or a hold would); `unwritten` stays in the journal alone.
+    for message in [&lost, &empty_envelope, &torn, &intact] {
+        assert_eq!(spool.load_envelope(message.id).unwrap(), *message);
+    }
+    assert!(!has_files(dir.path(), unwritten.id));
+    assert_eq!(spool.commit_stats().written_out, 4);
     let image = support::crash_image(dir.path());
     drop(spool);
     let dir = image;
@@ -73,10 +87,10 @@ fn acknowledged_mail_whose_files_were_lost_or_damaged_is_restored() {
     let (spool, report) = Spool::open(dir.path(), durable()).unwrap();
     let mut restored = report.restored_from_journal.clone();
     restored.sort();
-    let mut expected = vec![lost.id, empty_envelope.id, torn.id];
+    let mut expected = vec![unwritten.id, lost.id, empty_envelope.id, torn.id];
     expected.sort();
     assert_eq!(restored, expected);
-    let mut all = vec![lost.id, empty_envelope.id, torn.id, intact.id];
+    let mut all = vec![unwritten.id, lost.id, empty_envelope.id, torn.id, intact.id];
     all.sort();
     assert_eq!(queued_ids(&report), all);
     assert_eq!(
@@ -88,6 +102,7 @@ fn acknowledged_mail_whose_files_were_lost_or_damaged_is_restored() {
         b"Subject: torn\r\n\r\ncontent half written back\r\n"
     );
     assert_eq!(spool.load_envelope(lost.id).unwrap(), lost);
+    assert_eq!(spool.load_envelope(unwritten.id).unwrap(), unwritten);
     for envelope in &report.queued {
         spool.verify_content(envelope).unwrap();
     }
@@ -115,18 +130,18 @@ fn removed_mail_is_not_brought_back() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
     let delivered = commit(&spool, b"delivered");
+    let deferred_then_delivered = commit(&spool, b"written out, then delivered");
     let waiting = commit(&spool, b"still queued");
     spool.remove(delivered.id).unwrap();
-    // A crash right after the removal returned: its record is already in the journal.
+    spool.load_envelope(deferred_then_delivered.id).unwrap();
+    spool.remove(deferred_then_delivered.id).unwrap();
+    assert!(!has_files(dir.path(), deferred_then_delivered.id));
+    // A crash right after the removals returned: their records are already in the journal.
     let image = support::crash_image(dir.path());
     drop(spool);
 
     let (_spool, report) = Spool::open(image.path(), durable()).unwrap();
-    assert!(
-        report.restored_from_journal.is_empty(),
-        "{:?}",
-        report.restored_from_journal
-    );
+    assert_eq!(report.restored_from_journal, vec![waiting.id]);
     assert_eq!(queued_ids(&report), vec![waiting.id]);
 }
 
@@ -134,17 +149,19 @@ fn removed_mail_is_not_brought_back() {
 fn large_messages_bypass_the_journal_and_are_synced_with_syncfs() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
-    commit(&spool, b"small");
+    let small = commit(&spool, b"small");
     let large = commit(&spool, &vec![b'x'; 200 * 1024]);
     let stats = spool.commit_stats();
     assert_eq!((stats.journal_syncs, stats.filesystem_syncs), (1, 1));
+    assert!(!has_files(dir.path(), small.id));
+    assert!(has_files(dir.path(), large.id));
     let image = support::crash_image(dir.path());
     drop(spool);
 
     // The large message has no record to come back from: its files are the only copy.
     fs::remove_file(queued(image.path(), large.id, "env")).unwrap();
     let (_spool, report) = Spool::open(image.path(), durable()).unwrap();
-    assert!(report.restored_from_journal.is_empty());
+    assert_eq!(report.restored_from_journal, vec![small.id]);
     assert!(!queued_ids(&report).contains(&large.id));
     assert_eq!(
         report.removed_incomplete,
@@ -164,8 +181,19 @@ fn a_full_segment_is_checkpointed_and_only_the_current_generation_is_replayed() 
     let messages: Vec<Envelope> = (0..40).map(|_| commit(&spool, &body)).collect();
     let stats = spool.commit_stats();
     assert_eq!(stats.journal_syncs, 40);
-    // 40 records of ~20 KiB in 64 KiB segments: a checkpoint every fourth batch.
+    // 40 records of ~20 KiB in 64 KiB segments: a checkpoint every fourth batch, which
+    // writes the messages still queued out of the journal into files first.
     assert!((8..=13).contains(&stats.filesystem_syncs), "{stats:?}");
+    let (first, last) = (&messages[0], &messages[39]);
+    let unwritten: Vec<QueueId> = messages
+        .iter()
+        .map(|m| m.id)
+        .filter(|&id| !has_files(dir.path(), id))
+        .collect();
+    assert!(has_files(dir.path(), first.id));
+    assert!(unwritten.contains(&last.id));
+    assert!((1..=4).contains(&unwritten.len()), "{unwritten:?}");
+    assert_eq!(stats.written_out, 40 - unwritten.len() as u64);
     let image = support::crash_image(dir.path());
     drop(spool);
     let dir = image;
@@ -178,14 +206,14 @@ fn a_full_segment_is_checkpointed_and_only_the_current_generation_is_replayed() 
         assert!(len <= 1024 * 1024, "{segment}: {len} bytes");
     }
     // Files of the first message were made durable by a checkpoint long ago: its record is
-    // in an old generation and not replayed. The last message's record is current.
-    let (first, last) = (&messages[0], &messages[39]);
-    for message in [first, last] {
-        fs::remove_file(queued(dir.path(), message.id, "env")).unwrap();
-        fs::remove_file(queued(dir.path(), message.id, "msg")).unwrap();
-    }
+    // in an old generation and not replayed, so files removed by hand stay gone. The last
+    // message's record is current and is its only copy.
+    fs::remove_file(queued(dir.path(), first.id, "env")).unwrap();
+    fs::remove_file(queued(dir.path(), first.id, "msg")).unwrap();
     let (_spool, report) = Spool::open(dir.path(), options).unwrap();
-    assert_eq!(report.restored_from_journal, vec![last.id]);
+    let mut restored = report.restored_from_journal.clone();
+    restored.sort();
+    assert_eq!(restored, unwritten);
     assert_eq!(report.queued.len(), 39);
 }
 
@@ -197,7 +225,7 @@ fn opening_without_sync_replays_then_removes_the_journal() {
     let image = support::crash_image(dir.path());
     drop(spool);
     let dir = image;
-    fs::remove_file(queued(dir.path(), message.id, "env")).unwrap();
+    assert!(!has_files(dir.path(), message.id));
 
     let fast = SpoolOptions {
         sync: false,
@@ -224,8 +252,10 @@ fn a_clean_close_leaves_nothing_to_replay() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
     let message = commit(&spool, b"closed cleanly");
+    assert!(!has_files(dir.path(), message.id));
     drop(spool);
-    // After a checkpoint the files are the only copy; an envelope removed by hand stays gone.
+    // The checkpoint at close wrote the message out of the journal; now the files are the
+    // only copy, and an envelope removed by hand stays gone.
     fs::remove_file(queued(dir.path(), message.id, "env")).unwrap();
     let (_spool, report) = Spool::open(dir.path(), durable()).unwrap();
     assert!(report.restored_from_journal.is_empty());
@@ -255,7 +285,8 @@ impl FaultInjector for Steps {
 fn reopening_after_a_kill_syncs_the_files_before_the_records_stop_counting() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
-    commit(&spool, b"only in the page cache, maybe");
+    let message = commit(&spool, b"only in the page cache, maybe");
+    spool.load_envelope(message.id).unwrap(); // written out of the journal, not synced
     let image = support::crash_image(dir.path());
     drop(spool);
 
@@ -275,4 +306,104 @@ fn reopening_after_a_kill_syncs_the_files_before_the_records_stop_counting() {
     drop(_spool);
     let (_spool, _) = Spool::open_with_faults(image.path(), durable(), steps.clone()).unwrap();
     assert!(!steps.0.lock().unwrap().contains(&"syncfs"));
+}
+
+/// The queue tools read a running spool without its lock: a message held in the journal
+/// alone is listed and shown from its record, once; written out, it is listed from its
+/// files; removed, it is gone.
+#[test]
+fn the_reader_sees_messages_held_in_the_journal_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), durable()).unwrap();
+    let journaled = commit(&spool, b"in the journal alone");
+    let written = commit(&spool, b"written out");
+    spool.load_envelope(written.id).unwrap();
+    let reader = spool::SpoolReader::open(dir.path()).unwrap();
+
+    let listed = reader.list().unwrap();
+    let ids: Vec<Option<QueueId>> = listed.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![Some(written.id), Some(journaled.id)]);
+    let from_journal = &listed[1];
+    assert!(from_journal.path.starts_with(dir.path().join("journal")));
+    assert!(!from_journal.held);
+    assert_eq!(from_journal.envelope.as_ref().unwrap(), &journaled);
+    assert_eq!(reader.show(journaled.id).unwrap(), journaled);
+    assert_eq!(
+        reader.content_location(journaled.id),
+        ContentLocation::JournalRecord(from_journal.path.clone())
+    );
+    assert_eq!(
+        reader.content_location(written.id),
+        ContentLocation::File(queued(dir.path(), written.id, "msg"))
+    );
+    assert_eq!(
+        reader.read_content(journaled.id).unwrap(),
+        b"in the journal alone"
+    );
+    assert_eq!(reader.read_content(written.id).unwrap(), b"written out");
+
+    spool.remove(journaled.id).unwrap();
+    let ids: Vec<Option<QueueId>> = reader.list().unwrap().iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![Some(written.id)]);
+    assert!(matches!(
+        reader.show(journaled.id),
+        Err(spool::Error::NotFound { .. })
+    ));
+}
+
+/// Removals, write-outs and checkpoints racing from several threads, with a segment so small
+/// that checkpoints come every few messages: after a crash, exactly the messages not removed
+/// are there, each with its own content.
+#[test]
+fn removals_and_write_outs_racing_checkpoints_lose_nothing_and_revive_nothing() {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let options = SpoolOptions {
+        journal_segment: 8 * 1024,
+        ..durable()
+    };
+    let (spool, _) = Spool::open(dir.path(), options).unwrap();
+    let kept: Vec<(QueueId, Vec<u8>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let spool = spool.clone();
+                scope.spawn(move || {
+                    let mut kept = Vec::new();
+                    for i in 0..PER_THREAD {
+                        let body = format!("thread {t} message {i}\r\n").into_bytes();
+                        let message = commit(&spool, &body);
+                        match i % 3 {
+                            0 => spool.remove(message.id).unwrap(),
+                            1 => {
+                                spool.load_envelope(message.id).unwrap();
+                                if i % 2 == 0 {
+                                    spool.remove(message.id).unwrap();
+                                } else {
+                                    kept.push((message.id, body));
+                                }
+                            }
+                            _ => kept.push((message.id, body)),
+                        }
+                    }
+                    kept
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert!(spool.commit_stats().filesystem_syncs > 10);
+    let image = support::crash_image(dir.path());
+    drop(spool);
+
+    let (spool, report) = Spool::open(image.path(), options).unwrap();
+    let mut expected: Vec<QueueId> = kept.iter().map(|(id, _)| *id).collect();
+    expected.sort();
+    assert_eq!(queued_ids(&report), expected);
+    for (id, body) in &kept {
+        assert_eq!(&content(&spool, *id), body);
+    }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use spool::{QueueId, SpoolReader};
+use spool::{ContentLocation, QueueId, SpoolReader};
 
 use crate::config::Config;
 use crate::inbound::session::now_unix;
@@ -71,7 +71,13 @@ pub fn show(dir: &Path, id: &str) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("no message {id} in {}", dir.display()))?;
     let text = toml::to_string_pretty(&envelope).context("cannot format the envelope")?;
     println!("{text}");
-    println!("# content: {}", reader.content_path(id).display());
+    match reader.content_location(id) {
+        ContentLocation::File(path) => println!("# content: {}", path.display()),
+        ContentLocation::JournalRecord(segment) => println!(
+            "# content: in its commit journal record in {} (no files until it is deferred, held or checkpointed)",
+            segment.display()
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -266,7 +266,7 @@ pub fn queued_messages(spool_dir: &Path) -> Vec<(spool::Envelope, Vec<u8>)> {
         .filter(|entry| !entry.held)
         .map(|entry| {
             let envelope = entry.envelope.expect("readable envelope");
-            let content = std::fs::read(reader.content_path(envelope.id)).unwrap();
+            let content = reader.read_content(envelope.id).unwrap();
             (envelope, content)
         })
         .collect()
