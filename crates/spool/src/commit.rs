@@ -75,8 +75,8 @@ impl Durable {
 ///
 /// With a journaling spool, content up to [`JOURNAL_CONTENT_MAX`] bytes stays in memory and
 /// no file is made: the commit puts it in the journal only (see the `journal` module), and
-/// files are written only if the message outlives its journal record's usefulness (deferred,
-/// held, or still queued at a checkpoint). Content beyond that limit, or any content of a
+/// files are written only if the message stays queued (deferred, held, or still queued at a
+/// checkpoint). Content beyond that limit, or any content of a
 /// spool that does not journal, goes through a buffer of [`WRITE_BUFFER`] bytes into
 /// `queue/ID.msg`, or into a recycled file in `free/` that the commit renames to
 /// `queue/ID.msg` (see the `recycle` module). A CRC-32 of the content is kept as it is
@@ -228,7 +228,8 @@ impl Drop for MessageWriter {
 /// start-up treats as incomplete).
 struct Pending {
     envelope: Envelope,
-    /// Envelope text and content for the journal record (`None`: too large to journal).
+    /// Envelope text and content for the journal record, the message's only copy (`None`: the
+    /// message has files instead).
     record: Option<(Vec<u8>, Vec<u8>)>,
     env_guard: Option<RemoveOnDrop>,
     msg_guard: Option<RemoveOnDrop>,
