@@ -290,17 +290,29 @@ impl Spool {
     /// at-least-once, as promised. An fsync per delivered message would otherwise compete with
     /// the group commits that stand between clients and their 250 (Postfix does the same).
     pub fn remove(&self, id: QueueId) -> Result<(), Error> {
-        let _guard = self.lock(id);
-        if let Some(journal) = &self.inner.journal
-            && journal.forget(id)
-        {
-            self.log_removed(id);
+        if self.remove_unwritten(id) {
             return Ok(());
         }
+        let _guard = self.lock(id);
         let (dir, _) = self.locate(id)?;
         self.log_removed(id);
         self.inner.free.give(&Layout::file(dir, id, ENV_EXT))?;
         self.inner.free.give(&Layout::file(dir, id, MSG_EXT))
+    }
+
+    /// Deletes message `id` if it is held in the commit journal alone — one removal record,
+    /// no file system call, so it may run on an async task — and says whether it did. A
+    /// message with files is left alone (`false`): [`Spool::remove`] deletes it, on a thread
+    /// that may block.
+    pub fn remove_unwritten(&self, id: QueueId) -> bool {
+        let _guard = self.lock(id);
+        match &self.inner.journal {
+            Some(journal) if journal.forget(id) => {
+                self.log_removed(id);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Files kept in `free/` for reuse right now.

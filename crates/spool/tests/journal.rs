@@ -132,8 +132,12 @@ fn removed_mail_is_not_brought_back() {
     let delivered = commit(&spool, b"delivered");
     let deferred_then_delivered = commit(&spool, b"written out, then delivered");
     let waiting = commit(&spool, b"still queued");
-    spool.remove(delivered.id).unwrap();
+    // In the journal alone: removed at once, with no file to touch.
+    assert!(spool.remove_unwritten(delivered.id));
+    assert!(!spool.remove_unwritten(delivered.id), "already gone");
+    // Written out: left to `remove`, which deals with its files.
     spool.load_envelope(deferred_then_delivered.id).unwrap();
+    assert!(!spool.remove_unwritten(deferred_then_delivered.id));
     spool.remove(deferred_then_delivered.id).unwrap();
     assert!(!has_files(dir.path(), deferred_then_delivered.id));
     // A crash right after the removals returned: their records are already in the journal.

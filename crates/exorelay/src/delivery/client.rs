@@ -326,18 +326,18 @@ impl Connection {
         loop {
             step = match step {
                 TxStep::Send(bytes) => {
-                    write_all(&mut self.io, &bytes, "command").await?;
                     if tx.content_follows_command() {
                         let file = content
                             .take()
                             .ok_or(DeliveryError::Protocol("content sent twice".into()))?;
-                        send_raw(&mut self.io, file).await?;
+                        send_raw(&mut self.io, bytes, file, envelope.size).await?;
                         let reply = self
                             .replies
                             .read(&mut self.io, "BDAT", timeouts::FINAL)
                             .await?;
                         tx.on_reply(reply)
                     } else {
+                        write_all(&mut self.io, &bytes, "command").await?;
                         let reply = self
                             .replies
                             .read(&mut self.io, "command", timeouts::COMMAND)
@@ -356,7 +356,7 @@ impl Connection {
                     let file = content
                         .take()
                         .ok_or(DeliveryError::Protocol("content sent twice".into()))?;
-                    send_stuffed(&mut self.io, file).await?;
+                    send_stuffed(&mut self.io, file, envelope.size).await?;
                     let reply = self
                         .replies
                         .read(&mut self.io, "end of data", timeouts::FINAL)
@@ -500,32 +500,159 @@ fn read_piece(content: &mut Content, buf: &mut [u8]) -> Result<usize, DeliveryEr
     std::io::Read::read(content, buf).map_err(|e| DeliveryError::Spool(e.to_string()))
 }
 
-/// Streams the content dot-stuffed, ending with the terminator (DATA).
-async fn send_stuffed(io: &mut Box<dyn Io>, mut file: Content) -> Result<(), DeliveryError> {
+/// Read size for content of `size` octets: all of it in one read (and the next read finds
+/// the end), up to [`CONTENT_CHUNK`].
+fn chunk_len(size: u64) -> usize {
+    usize::try_from(size.saturating_add(1)).map_or(CONTENT_CHUNK, |n| n.min(CONTENT_CHUNK))
+}
+
+/// Streams the content dot-stuffed, ending with the terminator (DATA). Each chunk is written
+/// once the next read shows whether more follows, so a message that fits one chunk goes out
+/// with its terminator in a single write.
+async fn send_stuffed(
+    io: &mut Box<dyn Io>,
+    mut file: Content,
+    size: u64,
+) -> Result<(), DeliveryError> {
     let mut stuffer = DotStuffer::new();
-    let mut buf = vec![0u8; CONTENT_CHUNK];
-    let mut out = Vec::with_capacity(CONTENT_CHUNK + CONTENT_CHUNK / 32);
+    let mut buf = vec![0u8; chunk_len(size)];
+    let mut out = Vec::with_capacity(buf.len() + buf.len() / 32 + 5);
     loop {
         let n = read_piece(&mut file, &mut buf)?;
-        out.clear();
         if n == 0 {
             stuffer.finish(&mut out);
-            write_all(io, &out, "end of data").await?;
-            return Ok(());
+            return write_all(io, &out, "end of data").await;
+        }
+        if !out.is_empty() {
+            write_all(io, &out, "data").await?;
+            out.clear();
         }
         stuffer.push(buf.get(..n).unwrap_or_default(), &mut out);
-        write_all(io, &out, "data").await?;
     }
 }
 
-/// Streams the content as is (one BDAT LAST chunk).
-async fn send_raw(io: &mut Box<dyn Io>, mut file: Content) -> Result<(), DeliveryError> {
-    let mut buf = vec![0u8; CONTENT_CHUNK];
+/// Writes the `BDAT n LAST` command and streams the content as is (one chunk) behind it: the
+/// command goes out with the first piece of content, in one write.
+async fn send_raw(
+    io: &mut Box<dyn Io>,
+    command: Vec<u8>,
+    mut file: Content,
+    size: u64,
+) -> Result<(), DeliveryError> {
+    let mut buf = vec![0u8; chunk_len(size)];
+    let mut out = command;
     loop {
         let n = read_piece(&mut file, &mut buf)?;
         if n == 0 {
-            return Ok(());
+            break;
         }
-        write_all(io, buf.get(..n).unwrap_or_default(), "BDAT").await?;
+        out.extend_from_slice(buf.get(..n).unwrap_or_default());
+        write_all(io, &out, "BDAT").await?;
+        out.clear();
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        // Empty content: the command alone.
+        write_all(io, &out, "BDAT").await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// A connection that records every write separately and never has input.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Recorder {
+        fn writes(&self) -> Vec<Vec<u8>> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn memory(bytes: &[u8]) -> Content {
+        Content::Memory(std::io::Cursor::new(bytes.to_vec()))
+    }
+
+    /// Content sent as (writes, bytes of all writes joined).
+    async fn sent(
+        send: impl AsyncFnOnce(&mut Box<dyn Io>) -> Result<(), DeliveryError>,
+    ) -> (usize, Vec<u8>) {
+        let recorder = Recorder::default();
+        let mut io: Box<dyn Io> = Box::new(recorder.clone());
+        assert!(send(&mut io).await.is_ok());
+        let writes = recorder.writes();
+        (writes.len(), writes.concat())
+    }
+
+    #[tokio::test]
+    async fn small_content_goes_out_in_one_write_with_its_terminator_or_command() {
+        let content = b"Subject: x\r\n\r\n.dot\r\nend\r\n";
+        let size = content.len() as u64;
+        let (writes, bytes) = sent(async |io| send_stuffed(io, memory(content), size).await).await;
+        assert_eq!(writes, 1);
+        assert_eq!(bytes, b"Subject: x\r\n\r\n..dot\r\nend\r\n.\r\n");
+
+        let command = b"BDAT 25 LAST\r\n".to_vec();
+        let (writes, bytes) =
+            sent(async |io| send_raw(io, command.clone(), memory(content), size).await).await;
+        assert_eq!(writes, 1);
+        assert_eq!(bytes, [command.as_slice(), content].concat());
+    }
+
+    #[tokio::test]
+    async fn large_and_empty_content_arrive_whole() {
+        let large: Vec<u8> = b"0123456789abcdef\r\n".repeat(10_000);
+        let size = large.len() as u64;
+        let (writes, bytes) = sent(async |io| send_stuffed(io, memory(&large), size).await).await;
+        assert!(writes > 1, "{writes}");
+        assert_eq!(bytes, [large.as_slice(), b".\r\n"].concat());
+        let command = b"BDAT 180000 LAST\r\n".to_vec();
+        let (_, bytes) =
+            sent(async |io| send_raw(io, command.clone(), memory(&large), size).await).await;
+        assert_eq!(bytes, [command.as_slice(), large.as_slice()].concat());
+
+        let (writes, bytes) = sent(async |io| send_stuffed(io, memory(b""), 0).await).await;
+        assert_eq!((writes, bytes.as_slice()), (1, b".\r\n".as_slice()));
+        let command = b"BDAT 0 LAST\r\n".to_vec();
+        let (writes, bytes) =
+            sent(async |io| send_raw(io, command.clone(), memory(b""), 0).await).await;
+        assert_eq!((writes, bytes), (1, command));
     }
 }

@@ -669,10 +669,14 @@ impl Manager {
         self.unverified.remove(&id);
     }
 
-    /// Forgets a finished message and has the reaper thread delete its files; until the
-    /// reaper confirms, commands treat it as unknown.
+    /// Forgets a finished message and deletes it: at once when it is held in the commit
+    /// journal alone (no files), else by the reaper thread — until the reaper confirms,
+    /// commands treat it as unknown.
     fn remove(&mut self, id: QueueId) {
         self.forget(id);
+        if self.spool.remove_unwritten(id) {
+            return;
+        }
         if self.reaper.reap(id) {
             self.reaping.insert(id);
         } else {
