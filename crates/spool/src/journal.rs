@@ -338,6 +338,17 @@ impl SharedJournal {
         self.lock().write_out(disk, id)
     }
 
+    /// The content of message `id` from its record if it is held in the journal alone,
+    /// without writing it out; `None` when it has files (or is unknown).
+    pub(crate) fn read_unwritten(&self, id: QueueId) -> Result<Option<Vec<u8>>, Error> {
+        let journal = self.lock();
+        let Some(&place) = journal.unwritten.get(&id) else {
+            return Ok(None);
+        };
+        let (_, content) = journal.segments[journal.active].read_committed(place)?;
+        Ok(Some(content))
+    }
+
     /// Messages written out of the journal into `queue/` so far.
     pub(crate) fn written_out(&self) -> u64 {
         self.lock().written_out

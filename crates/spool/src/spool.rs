@@ -278,6 +278,17 @@ impl Spool {
         File::open(&path).map_err(|e| Error::io("open", &path, e))
     }
 
+    /// The content of message `id` if it is held in the commit journal alone, read from its
+    /// record without writing the message out; `None` when it has files — then
+    /// [`Spool::open_content`] reads it. For delivery attempts that have no copy in memory.
+    pub fn read_unwritten(&self, id: QueueId) -> Result<Option<Vec<u8>>, Error> {
+        let _guard = self.lock(id);
+        match &self.inner.journal {
+            Some(journal) => journal.read_unwritten(id),
+            None => Ok(None),
+        }
+    }
+
     /// Deletes message `id` (after delivery, or by the operator): the removal is logged in the
     /// commit journal, then its files (if it has any: a message durable in the journal only
     /// has none) go to the pool in `free/` for reuse, or are unlinked when the pool is full.

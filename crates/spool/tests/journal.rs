@@ -64,6 +64,12 @@ fn acknowledged_mail_whose_files_were_lost_or_damaged_is_restored() {
         b"Subject: torn\r\n\r\ncontent half written back\r\n",
     );
     let intact = commit(&spool, b"Subject: fine\r\n\r\nuntouched\r\n");
+    // Reading the content from the record leaves the message in the journal alone.
+    assert_eq!(
+        spool.read_unwritten(lost.id).unwrap().as_deref(),
+        Some(&b"Subject: lost\r\n\r\nboth files gone\r\n"[..])
+    );
+    assert!(!has_files(dir.path(), lost.id));
     // Reading an envelope writes the message out of the journal into `queue/` (as a
     // deferral or a hold would); `unwritten` stays in the journal alone.
     for message in [&lost, &empty_envelope, &torn, &intact] {
@@ -71,6 +77,11 @@ fn acknowledged_mail_whose_files_were_lost_or_damaged_is_restored() {
     }
     assert!(!has_files(dir.path(), unwritten.id));
     assert_eq!(spool.commit_stats().written_out, 4);
+    assert_eq!(
+        spool.read_unwritten(lost.id).unwrap(),
+        None,
+        "it has files now"
+    );
     let image = support::crash_image(dir.path());
     drop(spool);
     let dir = image;

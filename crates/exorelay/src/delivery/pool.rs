@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smtp::client::TransactionOutcome;
-use spool::{Envelope, Spool};
+use spool::{Envelope, QueueId, Spool};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::info;
@@ -244,11 +244,7 @@ async fn deliver(
         }
     };
     let host = Some(warm.connection.host.clone());
-    let content = match content {
-        Some(bytes) => Ok(Content::Memory(std::io::Cursor::new(bytes))),
-        None => spool.open_content(envelope.id).map(Content::File),
-    };
-    let result = match content {
+    let result = match attempt_content(&spool, envelope.id, content) {
         Ok(content) => warm.connection.deliver(envelope, content).await,
         Err(e) => Err(DeliveryError::Spool(e.to_string())),
     };
@@ -258,6 +254,23 @@ async fn deliver(
         place.connection = Some(warm);
     }
     place.report(host, result);
+}
+
+/// The content for an attempt: the copy kept in memory, else the journal record of a message
+/// held there alone, else its file.
+fn attempt_content(
+    spool: &Spool,
+    id: QueueId,
+    copy: Option<Vec<u8>>,
+) -> Result<Content, spool::Error> {
+    let bytes = match copy {
+        Some(bytes) => Some(bytes),
+        None => spool.read_unwritten(id)?,
+    };
+    match bytes {
+        Some(bytes) => Ok(Content::Memory(std::io::Cursor::new(bytes))),
+        None => spool.open_content(id).map(Content::File),
+    }
 }
 
 #[cfg(test)]
