@@ -494,7 +494,7 @@ impl Journal {
         };
         let segment = &self.segments[self.active];
         let (envelope, content) = segment.read_committed(place)?;
-        write_files(id, &envelope, &content, &disk.layout.queue)?;
+        write_files(disk, id, &envelope, &content)?;
         self.unwritten.remove(&id);
         self.written_out += 1;
         Ok(())
@@ -628,7 +628,7 @@ fn replay(disk: &Disk, bytes: &[u8]) -> Result<(bool, Replay), Error> {
                 }
             }
         }
-        write_files(id, envelope, content, &disk.layout.queue)?;
+        write_files(disk, id, envelope, content)?;
         result.restored.push(id);
     }
     Ok((had_messages, result))
@@ -668,18 +668,25 @@ fn stored_state(disk: &Disk, id: QueueId) -> Stored {
     }
 }
 
-/// Writes `queue/ID.msg` and then `queue/ID.env` from a record, removing what it wrote if
-/// it fails. Not synced: the record stays valid until the next checkpoint's `syncfs` (or the
-/// one that follows replay).
-fn write_files(id: QueueId, envelope: &[u8], content: &[u8], queue: &Path) -> Result<(), Error> {
-    let mut written = Vec::new();
+/// Writes `queue/ID.msg` and then `queue/ID.env` from a record, each written whole in `tmp/`
+/// and renamed into place (so the lock-free queue tools never read half a file), removing
+/// what it wrote if it fails. Not synced: the record stays valid until the next checkpoint's
+/// `syncfs` (or the one that follows replay).
+fn write_files(disk: &Disk, id: QueueId, envelope: &[u8], content: &[u8]) -> Result<(), Error> {
+    let layout = &disk.layout;
+    let mut placed = Vec::new();
     for (ext, bytes) in [(MSG_EXT, content), (ENV_EXT, envelope)] {
-        let path = Layout::file(queue, id, ext);
-        let file = disk::create_new(&path)?;
-        written.push(RemoveOnDrop::new(path.clone()));
-        disk::write_all(&file, bytes, &path)?;
+        let temporary = Layout::file(&layout.tmp, id, ext);
+        disk::remove_file(&temporary)?;
+        let file = disk::create_new(&temporary)?;
+        let written = RemoveOnDrop::new(temporary.clone());
+        disk::write_all(&file, bytes, &temporary)?;
+        let path = Layout::file(&layout.queue, id, ext);
+        disk.rename(&temporary, &path)?;
+        written.disarm();
+        placed.push(RemoveOnDrop::new(path));
     }
-    written.into_iter().for_each(RemoveOnDrop::disarm);
+    placed.into_iter().for_each(RemoveOnDrop::disarm);
     Ok(())
 }
 
