@@ -57,7 +57,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 #[cfg(unix)]
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -330,6 +330,27 @@ impl SharedJournal {
     /// was one — it then has no files.
     pub(crate) fn forget(&self, id: QueueId) -> bool {
         self.lock().unwritten.remove(&id).is_some()
+    }
+
+    /// Removes message `id` if it is held in the journal alone and the journal is free right
+    /// now: forgets it and appends its removal record (not synced, like every removal)
+    /// under one lock. `false` when it has files, is unknown, or the journal is busy.
+    pub(crate) fn try_remove_unwritten(&self, disk: &Disk, id: QueueId) -> bool {
+        let mut journal = match self.journal.try_lock() {
+            Ok(journal) => journal,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        if journal.unwritten.remove(&id).is_none() {
+            return false;
+        }
+        let mut record = Vec::with_capacity(HEADER_LEN + ID_LEN);
+        encode_removed(&mut record, journal.generation, id);
+        if let Err(e) = journal.append(disk, &record) {
+            // At-least-once: a crash before the next checkpoint may deliver it again.
+            tracing::warn!(queue_id = %id, error = %e, "could not log a removal in the commit journal");
+        }
+        true
     }
 
     /// Writes message `id` to `queue/` from its record if it is durable in the journal only,

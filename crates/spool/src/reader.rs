@@ -2,10 +2,13 @@
 //! daemon may hold the lock.
 //!
 //! [`SpoolReader`] takes no lock and changes nothing: no recovery, no quarantine. What it sees
-//! can be a moment out of date (a message delivered or held while the listing runs) but never
-//! a half-written file, since every file it reads was renamed into place whole or is checked
-//! by its envelope. Small messages a running daemon holds in its commit journal alone (not
-//! yet deferred, held or checkpointed, so without files) are read from the journal's records.
+//! can be a moment out of date (a message delivered or held while the listing runs). A
+//! message is found by its envelope, which is written only once its content is complete;
+//! messages written out of the journal are renamed into place whole; an envelope caught while
+//! a large message is being committed fails to parse and is listed with its error for that
+//! moment. Small messages a running daemon holds in its commit journal alone (not yet
+//! deferred, held or checkpointed, so without files) are read from the journal's records,
+//! which carry CRCs.
 //! Files it cannot read are listed with their error rather than skipped, as KumoMTA's
 //! enumeration yields `Corrupt` entries: an operator must see them. Changing the queue is the
 //! daemon's job.

@@ -301,29 +301,35 @@ impl Spool {
     /// at-least-once, as promised. An fsync per delivered message would otherwise compete with
     /// the group commits that stand between clients and their 250 (Postfix does the same).
     pub fn remove(&self, id: QueueId) -> Result<(), Error> {
-        if self.remove_unwritten(id) {
+        let _guard = self.lock(id);
+        if let Some(journal) = &self.inner.journal
+            && journal.forget(id)
+        {
+            self.log_removed(id);
             return Ok(());
         }
-        let _guard = self.lock(id);
         let (dir, _) = self.locate(id)?;
         self.log_removed(id);
         self.inner.free.give(&Layout::file(dir, id, ENV_EXT))?;
         self.inner.free.give(&Layout::file(dir, id, MSG_EXT))
     }
 
-    /// Deletes message `id` if it is held in the commit journal alone — one removal record,
-    /// no file system call, so it may run on an async task — and says whether it did. A
-    /// message with files is left alone (`false`): [`Spool::remove`] deletes it, on a thread
-    /// that may block.
-    pub fn remove_unwritten(&self, id: QueueId) -> bool {
-        let _guard = self.lock(id);
-        match &self.inner.journal {
-            Some(journal) if journal.forget(id) => {
-                self.log_removed(id);
-                true
-            }
-            _ => false,
-        }
+    /// Deletes message `id` at once if it is held in the commit journal alone — no file is
+    /// touched, one removal record goes into the journal's page cache — and says whether it
+    /// did. Never waits: `false` also when the message's lock or the journal is busy (a
+    /// checkpoint holds the journal for milliseconds), so it may run on an async task;
+    /// [`Spool::remove`], on a thread that may block, deletes what this left.
+    pub fn try_remove_unwritten(&self, id: QueueId) -> bool {
+        let Some(journal) = &self.inner.journal else {
+            return false;
+        };
+        let stripe = &self.inner.stripes[self.stripe(id)];
+        let _guard = match stripe.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        journal.try_remove_unwritten(&self.inner.disk, id)
     }
 
     /// Files kept in `free/` for reuse right now.
@@ -451,14 +457,18 @@ impl Spool {
 
     /// The lock stripe of message `id`.
     fn lock(&self, id: QueueId) -> MutexGuard<'_, ()> {
-        let mut hasher = std::hash::DefaultHasher::new();
-        id.hash(&mut hasher);
-        let index = (hasher.finish() % self.inner.stripes.len() as u64) as usize;
         // The mutex guards no data, only the order of file operations; a panic while it was
         // held leaves nothing inconsistent in memory, so poisoning is ignored.
-        self.inner.stripes[index]
+        self.inner.stripes[self.stripe(id)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Index of message `id`'s lock stripe.
+    fn stripe(&self, id: QueueId) -> usize {
+        let mut hasher = std::hash::DefaultHasher::new();
+        id.hash(&mut hasher);
+        (hasher.finish() % self.inner.stripes.len() as u64) as usize
     }
 }
 

@@ -144,11 +144,11 @@ fn removed_mail_is_not_brought_back() {
     let deferred_then_delivered = commit(&spool, b"written out, then delivered");
     let waiting = commit(&spool, b"still queued");
     // In the journal alone: removed at once, with no file to touch.
-    assert!(spool.remove_unwritten(delivered.id));
-    assert!(!spool.remove_unwritten(delivered.id), "already gone");
+    assert!(spool.try_remove_unwritten(delivered.id));
+    assert!(!spool.try_remove_unwritten(delivered.id), "already gone");
     // Written out: left to `remove`, which deals with its files.
     spool.load_envelope(deferred_then_delivered.id).unwrap();
-    assert!(!spool.remove_unwritten(deferred_then_delivered.id));
+    assert!(!spool.try_remove_unwritten(deferred_then_delivered.id));
     spool.remove(deferred_then_delivered.id).unwrap();
     assert!(!has_files(dir.path(), deferred_then_delivered.id));
     // A crash right after the removals returned: their records are already in the journal.
@@ -421,4 +421,74 @@ fn removals_and_write_outs_racing_checkpoints_lose_nothing_and_revive_nothing() 
     for (id, body) in &kept {
         assert_eq!(&content(&spool, *id), body);
     }
+}
+
+/// Holds the first rename out of `tmp/` — a checkpoint writing out a message, with the
+/// journal locked — until told to go.
+#[derive(Debug, Default)]
+struct HoldFirstWriteOut {
+    reached: std::sync::Mutex<bool>,
+    go: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl FaultInjector for HoldFirstWriteOut {
+    fn before(&self, step: Step<'_>) -> std::io::Result<()> {
+        if let Step::Rename { from, .. } = step
+            && from.parent().is_some_and(|dir| dir.ends_with("tmp"))
+        {
+            let mut reached = self.reached.lock().unwrap();
+            if !*reached {
+                *reached = true;
+                self.changed.notify_all();
+                drop(reached);
+                let go = self.go.lock().unwrap();
+                let _go = self.changed.wait_while(go, |go| !*go).unwrap();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The manager removes delivered mail from an async task: `try_remove_unwritten` must not
+/// wait for a checkpoint that holds the journal, and what it leaves `remove` finishes.
+#[test]
+fn removing_at_once_never_waits_for_a_busy_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = Arc::new(HoldFirstWriteOut::default());
+    let options = SpoolOptions {
+        journal_segment: 4 * 1024,
+        ..durable()
+    };
+    let (spool, _) = Spool::open_with_faults(dir.path(), options, hold.clone()).unwrap();
+    let first = commit(&spool, &[b'a'; 5000]);
+    // The next commit finds the segment full and checkpoints, writing `first` out.
+    let committer = {
+        let spool = spool.clone();
+        std::thread::spawn(move || commit(&spool, &[b'b'; 5000]))
+    };
+    let reached = hold.reached.lock().unwrap();
+    let (reached, _) = hold
+        .changed
+        .wait_timeout_while(reached, std::time::Duration::from_secs(10), |r| !*r)
+        .unwrap();
+    assert!(*reached, "the checkpoint never wrote a message out");
+    drop(reached);
+
+    let (done, answer) = std::sync::mpsc::channel();
+    {
+        let spool = spool.clone();
+        std::thread::spawn(move || done.send(spool.try_remove_unwritten(first.id)));
+    }
+    let removed = answer.recv_timeout(std::time::Duration::from_secs(5));
+    *hold.go.lock().unwrap() = true;
+    hold.changed.notify_all();
+    assert_eq!(removed, Ok(false), "answered without waiting, nothing done");
+    let second = committer.join().unwrap();
+
+    spool.remove(first.id).unwrap();
+    let image = support::crash_image(dir.path());
+    drop(spool);
+    let (_spool, report) = Spool::open(image.path(), options).unwrap();
+    assert_eq!(queued_ids(&report), vec![second.id]);
 }

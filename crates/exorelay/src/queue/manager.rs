@@ -670,11 +670,11 @@ impl Manager {
     }
 
     /// Forgets a finished message and deletes it: at once when it is held in the commit
-    /// journal alone (no files), else by the reaper thread — until the reaper confirms,
-    /// commands treat it as unknown.
+    /// journal alone (no files) and that needs no waiting, else by the reaper thread — until
+    /// the reaper confirms, commands treat it as unknown.
     fn remove(&mut self, id: QueueId) {
         self.forget(id);
-        if self.spool.remove_unwritten(id) {
+        if self.spool.try_remove_unwritten(id) {
             return;
         }
         if self.reaper.reap(id) {
