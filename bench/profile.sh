@@ -109,6 +109,7 @@ for S in 10 50; do
   msgs=$(metric exorelay_spool_commit_messages_total)
   journal=$(metric exorelay_spool_journal_syncs_total)
   syncfs=$(metric exorelay_spool_filesystem_syncs_total)
-  echo "group commit, $S sessions: ${msgs:-0} messages committed, ${journal:-0} journal fdatasyncs, ${syncfs:-0} syncfs: $(python3 -c "print(f'{${msgs:-0}/max(1,${journal:-0}+${syncfs:-0}):.1f}')") messages per sync" | tee -a "$OUT/batches.txt"
+  written=$(metric exorelay_spool_written_out_total)
+  echo "group commit, $S sessions: ${msgs:-0} messages committed, ${journal:-0} journal fdatasyncs, ${syncfs:-0} syncfs: $(python3 -c "print(f'{${msgs:-0}/max(1,${journal:-0}+${syncfs:-0}):.1f}')") messages per sync; ${written:-0} written out of the journal into files" | tee -a "$OUT/batches.txt"
 done
 echo "profile output in $OUT"

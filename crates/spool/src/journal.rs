@@ -317,9 +317,7 @@ impl SharedJournal {
         }
         Ok(())
     }
-}
 
-impl SharedJournal {
     /// Registers messages that are durable in the journal only, once their records are
     /// synced: until they are written out or removed, the journal is their only copy.
     pub(crate) fn register(&self, places: RecordPlaces) {
