@@ -226,6 +226,15 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
+    /// Writes `bytes` at `offset` and fsyncs the segment, data and size: for a new header,
+    /// and for the zeros that prepare the segment so that later appends change no metadata.
+    fn write_synced(&self, disk: &Disk, bytes: &[u8], offset: u64) -> Result<(), Error> {
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        disk.sync_file_at(Step::PrepareJournal(&self.path), &self.file, &self.path)
+    }
+
     /// Makes everything written to the segment so far durable with one `fdatasync` (data
     /// only: the segment was prepared, so no metadata changes with an append).
     pub(crate) fn sync_data(&self, disk: &Disk) -> Result<(), Error> {
@@ -330,25 +339,22 @@ impl SharedJournal {
         self.lock().unwritten.remove(&id).is_some()
     }
 
-    /// Removes message `id` if it is held in the journal alone and the journal is free right
-    /// now: forgets it and appends its removal record (not synced, like every removal)
-    /// under one lock. `false` when it has files, is unknown, or the journal is busy.
+    /// Removes message `id` if it is held in the journal alone (see
+    /// [`Journal::remove_unwritten`]); `false` when it has files or is unknown.
+    pub(crate) fn remove_unwritten(&self, disk: &Disk, id: QueueId) -> bool {
+        self.lock().remove_unwritten(disk, id)
+    }
+
+    /// [`SharedJournal::remove_unwritten`] without waiting: `false` also when the journal is
+    /// busy (a checkpoint holds it for milliseconds).
     pub(crate) fn try_remove_unwritten(&self, disk: &Disk, id: QueueId) -> bool {
-        let mut journal = match self.journal.try_lock() {
-            Ok(journal) => journal,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return false,
-        };
-        if journal.unwritten.remove(&id).is_none() {
-            return false;
+        match self.journal.try_lock() {
+            Ok(mut journal) => journal.remove_unwritten(disk, id),
+            Err(TryLockError::Poisoned(poisoned)) => {
+                poisoned.into_inner().remove_unwritten(disk, id)
+            }
+            Err(TryLockError::WouldBlock) => false,
         }
-        let mut record = Vec::with_capacity(HEADER_LEN + ID_LEN);
-        encode_removed(&mut record, journal.generation, id);
-        if let Err(e) = journal.append(disk, &record) {
-            // At-least-once: a crash before the next checkpoint may deliver it again.
-            tracing::warn!(queue_id = %id, error = %e, "could not log a removal in the commit journal");
-        }
-        true
     }
 
     /// Writes message `id` to `queue/` from its record if it is durable in the journal only,
@@ -453,7 +459,7 @@ impl Journal {
         Ok((Some(Arc::new(shared)), replay))
     }
 
-    /// Writes `records` (encoded with [`Journal::generation`]) at the end of the active
+    /// Writes `records` (encoded with the current generation) at the end of the active
     /// segment and returns that segment, for the caller to sync once it has let go of the
     /// lock. Preparing more of the segment, when needed, costs one `fsync` per
     /// [`PREPARE_STEP`] bytes.
@@ -464,15 +470,7 @@ impl Journal {
         if end > prepared {
             let target = end.div_ceil(PREPARE_STEP) * PREPARE_STEP;
             let zeros = vec![0u8; usize::try_from(target - prepared).unwrap_or(0)];
-            segment
-                .file
-                .write_all_at(&zeros, prepared)
-                .map_err(|e| Error::io("prepare", &segment.path, e))?;
-            disk.sync_file_at(
-                Step::PrepareJournal(&segment.path),
-                &segment.file,
-                &segment.path,
-            )?;
+            segment.write_synced(disk, &zeros, prepared)?;
             self.prepared[self.active] = target;
         }
         segment
@@ -504,6 +502,22 @@ impl Journal {
         }
         let segment = self.append(disk, &records)?;
         Ok((segment, places))
+    }
+
+    /// Removes message `id` if it is held in the journal alone: forgets it and appends its
+    /// removal record (not synced, like every removal). `false` when it has files or is
+    /// unknown; nothing is done then.
+    fn remove_unwritten(&mut self, disk: &Disk, id: QueueId) -> bool {
+        if self.unwritten.remove(&id).is_none() {
+            return false;
+        }
+        let mut record = Vec::with_capacity(HEADER_LEN + ID_LEN);
+        encode_removed(&mut record, self.generation, id);
+        if let Err(e) = self.append(disk, &record) {
+            // At-least-once: a crash before the next checkpoint may deliver it again.
+            tracing::warn!(queue_id = %id, error = %e, "could not log a removal in the commit journal");
+        }
+        true
     }
 
     /// Writes message `id` to `queue/` from its record, if it is durable in the journal only.
@@ -543,16 +557,7 @@ impl Journal {
         let next = 1 - self.active;
         let generation = self.generation + 1;
         let header = encode_segment_header(generation);
-        let segment = &self.segments[next];
-        segment
-            .file
-            .write_all_at(&header, 0)
-            .map_err(|e| Error::io("write", &segment.path, e))?;
-        disk.sync_file_at(
-            Step::PrepareJournal(&segment.path),
-            &segment.file,
-            &segment.path,
-        )?;
+        self.segments[next].write_synced(disk, &header, 0)?;
         self.prepared[next] = self.prepared[next].max(HEADER_LEN as u64);
         self.active = next;
         self.generation = generation;

@@ -31,6 +31,12 @@ pub enum ContentLocation {
     JournalRecord(PathBuf),
 }
 
+/// What [`SpoolReader::find_content`] found.
+enum Found {
+    File(PathBuf),
+    Record { segment: PathBuf, content: Vec<u8> },
+}
+
 /// A read-only view of a spool directory.
 #[derive(Debug, Clone)]
 pub struct SpoolReader {
@@ -143,18 +149,10 @@ impl SpoolReader {
     /// The content of message `id`: its content file, or its journal record when it has no
     /// files yet.
     pub fn read_content(&self, id: QueueId) -> Result<Vec<u8>, Error> {
-        let path = match self.content_location(id) {
-            ContentLocation::File(path) => path,
-            ContentLocation::JournalRecord(_) => {
-                let (_, live) = journal::read_live(&self.layout.journal)?;
-                match live.into_iter().find(|(j, ..)| *j == id) {
-                    Some((_, _, content)) => return Ok(content),
-                    // Written out or removed since it was located: the file is the answer.
-                    None => Layout::file(&self.layout.queue, id, MSG_EXT),
-                }
-            }
-        };
-        fs::read(&path).map_err(|e| Error::io("read", &path, e))
+        match self.find_content(id)? {
+            Found::File(path) => fs::read(&path).map_err(|e| Error::io("read", &path, e)),
+            Found::Record { content, .. } => Ok(content),
+        }
     }
 
     /// The envelope of message `id`, from `queue/` or `hold/`, else from the commit journal.
@@ -180,18 +178,29 @@ impl SpoolReader {
     /// that exists, else the journal segment when its record holds the message; else
     /// `queue/ID.msg` (the message is gone).
     pub fn content_location(&self, id: QueueId) -> ContentLocation {
+        match self.find_content(id) {
+            Ok(Found::File(path)) => ContentLocation::File(path),
+            Ok(Found::Record { segment, .. }) => ContentLocation::JournalRecord(segment),
+            Err(_) => ContentLocation::File(Layout::file(&self.layout.queue, id, MSG_EXT)),
+        }
+    }
+
+    /// The content file of message `id` if there is one, else its journal record (one read
+    /// of the journal); a message written out meanwhile, or gone, is `queue/ID.msg`.
+    fn find_content(&self, id: QueueId) -> Result<Found, Error> {
         let held = Layout::file(&self.layout.hold, id, MSG_EXT);
         let queued = Layout::file(&self.layout.queue, id, MSG_EXT);
         if held.exists() {
-            return ContentLocation::File(held);
+            return Ok(Found::File(held));
         }
-        if !queued.exists()
-            && let Ok(journaled) = self.journaled()
-            && let Some(message) = journaled.into_iter().find(|m| m.id == Some(id))
-        {
-            return ContentLocation::JournalRecord(message.path);
+        if queued.exists() {
+            return Ok(Found::File(queued));
         }
-        ContentLocation::File(queued)
+        let (segment, live) = journal::read_live(&self.layout.journal)?;
+        Ok(match live.into_iter().find(|(j, ..)| *j == id) {
+            Some((_, _, content)) => Found::Record { segment, content },
+            None => Found::File(queued),
+        })
     }
 
     /// Files quarantined in `corrupt/`, sorted by name, for an operator to inspect.

@@ -303,9 +303,8 @@ impl Spool {
     pub fn remove(&self, id: QueueId) -> Result<(), Error> {
         let _guard = self.lock(id);
         if let Some(journal) = &self.inner.journal
-            && journal.forget(id)
+            && journal.remove_unwritten(&self.inner.disk, id)
         {
-            self.log_removed(id);
             return Ok(());
         }
         let (dir, _) = self.locate(id)?;

@@ -240,7 +240,8 @@ const FRESH_ENVELOPES: usize = 10_000;
 
 /// Most contents held in memory for first attempts, counted from queueing until the attempt
 /// ends (each at most the spool's journal limit, 64 KiB: 256 × 64 KiB = 16 MiB at worst);
-/// beyond that the first attempt reads the file.
+/// beyond that the first attempt reads the content back from the spool (its journal record,
+/// or its file).
 const FRESH_CONTENTS: usize = 256;
 
 /// A freshly queued message waiting for its first attempt.
