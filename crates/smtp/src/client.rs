@@ -1,7 +1,7 @@
 //! The client side of SMTP, as pure code: an incremental, bounded reply parser (multi-line
 //! replies, enhanced status codes), the EHLO capabilities, typed command encoding that refuses
-//! CR/LF, and the transaction state machine that pipelines MAIL/RCPT/DATA (RFC 2920) or uses
-//! BDAT (RFC 3030) and ends with one outcome per recipient. The daemon's delivery driver does
+//! CR/LF, and the transaction state machine that pipelines MAIL/RCPT/DATA (RFC 2920) or
+//! MAIL/RCPT/BDAT (RFC 3030 §4.2) and ends with one outcome per recipient. The daemon's delivery driver does
 //! the I/O and feeds replies in; nothing here reads a socket.
 
 use crate::reply::{EnhancedCode, Reply};
@@ -10,6 +10,9 @@ use crate::reply::{EnhancedCode, Reply};
 pub const MAX_SERVER_LINE: usize = 4096;
 /// Most lines in one reply (security.md §5).
 pub const MAX_SERVER_LINES: usize = 100;
+/// Largest BDAT chunk sent in the same flight as MAIL and RCPT, before any reply. A larger
+/// message waits for the RCPT replies, so a refusal costs no upload.
+pub const MAX_PIPELINED_CHUNK: u64 = 64 * 1024;
 
 /// Why a server's reply could not be parsed; the connection must be dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -268,7 +271,9 @@ enum Expect {
 
 /// One message's transaction on an established session (after EHLO and, when required,
 /// STARTTLS). With PIPELINING, MAIL, every RCPT and DATA go in one flight (RFC 2920 §3.1);
-/// without, one command per reply.
+/// so do MAIL, every RCPT and `BDAT n LAST` with its chunk when the chunk is at most
+/// [`MAX_PIPELINED_CHUNK`] (RFC 3030 §4.2: a server reads a refused chunk and drops it).
+/// Without PIPELINING, one command per reply.
 #[derive(Debug)]
 pub struct Transaction {
     envelope: OutgoingEnvelope,
@@ -279,6 +284,8 @@ pub struct Transaction {
     rcpt_replies: Vec<Reply>,
     /// Bytes of commands not yet sent (non-pipelined mode sends one at a time).
     pending: Vec<Vec<u8>>,
+    /// The flight last returned by [`TxStep::Send`] ends with the BDAT command.
+    bdat_in_flight: bool,
 }
 
 impl Transaction {
@@ -296,9 +303,17 @@ impl Transaction {
         for (rcpt, params) in &envelope.recipients {
             commands.push(command_line("RCPT", &path_argument("TO", rcpt, params))?);
         }
-        if mode == ContentMode::Data {
-            commands.push(command_line("DATA", "")?);
-        }
+        let bdat_in_flight = match mode {
+            ContentMode::Data => {
+                commands.push(command_line("DATA", "")?);
+                false
+            }
+            ContentMode::Bdat { size } if pipelining && size <= MAX_PIPELINED_CHUNK => {
+                commands.push(bdat_last(size)?);
+                true
+            }
+            ContentMode::Bdat { .. } => false,
+        };
         let mut tx = Transaction {
             envelope,
             mode,
@@ -307,6 +322,7 @@ impl Transaction {
             mail_refused: None,
             rcpt_replies: Vec::new(),
             pending: commands,
+            bdat_in_flight,
         };
         let first = tx.next_flight();
         Ok((tx, TxStep::Send(first)))
@@ -362,8 +378,12 @@ impl Transaction {
             self.expect = Expect::Rcpt(next);
             return self.continue_or_read();
         }
-        let any_accepted =
-            self.mail_refused.is_none() && self.rcpt_replies.iter().any(Reply::is_positive);
+        if self.bdat_in_flight {
+            // The chunk went with the recipients; its reply comes whatever theirs were.
+            self.expect = Expect::Final;
+            return TxStep::ReadReply;
+        }
+        let any_accepted = self.any_accepted();
         match (self.mode, any_accepted) {
             (ContentMode::Data, true) => {
                 self.expect = Expect::DataGo;
@@ -376,8 +396,11 @@ impl Transaction {
             }
             (ContentMode::Bdat { size }, true) => {
                 self.expect = Expect::Final;
-                match command_line("BDAT", &format!("{size} LAST")) {
-                    Ok(line) => TxStep::Send(line),
+                match bdat_last(size) {
+                    Ok(line) => {
+                        self.bdat_in_flight = true;
+                        TxStep::Send(line)
+                    }
                     Err(_) => TxStep::Done(self.outcome(None)),
                 }
             }
@@ -389,9 +412,7 @@ impl Transaction {
     }
 
     fn on_data_go(&mut self, reply: Reply) -> TxStep {
-        let any_accepted =
-            self.mail_refused.is_none() && self.rcpt_replies.iter().any(Reply::is_positive);
-        if reply.code() == 354 && any_accepted {
+        if reply.code() == 354 && self.any_accepted() {
             self.expect = Expect::Final;
             return TxStep::SendContent;
         }
@@ -408,10 +429,21 @@ impl Transaction {
         TxStep::Done(self.outcome(Some(reply)))
     }
 
-    /// After `TxStep::Send` of the BDAT command, the driver writes the content and reads one
-    /// reply; this tells a BDAT driver that content goes right after the command.
+    /// Whether MAIL was accepted and at least one recipient.
+    fn any_accepted(&self) -> bool {
+        self.mail_refused.is_none() && self.rcpt_replies.iter().any(Reply::is_positive)
+    }
+
+    /// Whether the flight of the last `TxStep::Send` ends with `BDAT n LAST`: the driver
+    /// writes the content right behind it, then reads replies.
     pub fn content_follows_command(&self) -> bool {
-        matches!(self.mode, ContentMode::Bdat { .. }) && self.expect == Expect::Final
+        self.bdat_in_flight
+    }
+
+    /// Whether the next reply is the one to the content (its deadline is the longer one,
+    /// RFC 5321 §4.5.3.2.6).
+    pub fn expects_final_reply(&self) -> bool {
+        self.expect == Expect::Final
     }
 
     /// Builds the outcome; `content_reply` is the reply to DATA/the content, if one came.
@@ -425,7 +457,8 @@ impl Transaction {
                 needs_reset: true,
             };
         }
-        let delivered = content_reply.as_ref().is_some_and(|r| r.code() / 100 == 2);
+        let delivered =
+            self.any_accepted() && content_reply.as_ref().is_some_and(|r| r.code() / 100 == 2);
         let recipients = (0..count)
             .map(|i| match self.rcpt_replies.get(i) {
                 Some(r) if r.is_positive() => content_reply.clone().unwrap_or_else(|| {
@@ -446,6 +479,11 @@ impl Transaction {
             needs_reset: !delivered,
         }
     }
+}
+
+/// `BDAT <size> LAST`: the whole content as one chunk.
+fn bdat_last(size: u64) -> Result<Vec<u8>, UnsafeArgument> {
+    command_line("BDAT", &format!("{size} LAST"))
 }
 
 /// `FROM:<path> params` / `TO:<path> params`.
@@ -612,18 +650,79 @@ mod tests {
     }
 
     #[test]
-    fn bdat_sends_the_chunk_after_the_recipients() {
-        let (mut tx, _) =
+    fn small_bdat_chunk_goes_in_the_first_flight() {
+        let (mut tx, first) =
             Transaction::start(envelope(&["b@x"]), ContentMode::Bdat { size: 42 }, true).unwrap();
-        assert_eq!(tx.on_reply(reply(250)), TxStep::ReadReply);
         assert_eq!(
-            tx.on_reply(reply(250)),
-            TxStep::Send(b"BDAT 42 LAST\r\n".to_vec())
+            first,
+            TxStep::Send(
+                b"MAIL FROM:<a@contoso.com> BODY=8BITMIME\r\nRCPT TO:<b@x>\r\nBDAT 42 LAST\r\n"
+                    .to_vec()
+            )
         );
         assert!(tx.content_follows_command());
+        assert!(!tx.expects_final_reply());
+        assert_eq!(tx.on_reply(reply(250)), TxStep::ReadReply);
+        assert_eq!(tx.on_reply(reply(250)), TxStep::ReadReply);
+        assert!(tx.expects_final_reply());
         let TxStep::Done(outcome) = tx.on_reply(reply(250)) else {
             panic!("not done")
         };
-        assert!(outcome.delivered);
+        assert!(outcome.delivered && !outcome.needs_reset);
+    }
+
+    #[test]
+    fn pipelined_chunk_of_refused_recipients_is_answered_and_reset() {
+        let (mut tx, _) = Transaction::start(
+            envelope(&["b@x", "c@x"]),
+            ContentMode::Bdat { size: 42 },
+            true,
+        )
+        .unwrap();
+        assert_eq!(tx.on_reply(reply(250)), TxStep::ReadReply);
+        assert_eq!(tx.on_reply(reply(550)), TxStep::ReadReply);
+        assert_eq!(tx.on_reply(reply(550)), TxStep::ReadReply);
+        let TxStep::Done(outcome) = tx.on_reply(reply(250)) else {
+            panic!("not done")
+        };
+        assert!(!outcome.delivered && outcome.needs_reset);
+        assert_eq!(outcome.recipients[0].code(), 550);
+
+        let (mut tx, _) =
+            Transaction::start(envelope(&["b@x"]), ContentMode::Bdat { size: 42 }, true).unwrap();
+        assert_eq!(tx.on_reply(reply(550)), TxStep::ReadReply);
+        assert_eq!(tx.on_reply(reply(503)), TxStep::ReadReply);
+        let TxStep::Done(outcome) = tx.on_reply(reply(503)) else {
+            panic!("not done")
+        };
+        assert_eq!(outcome.mail_refused.as_ref().map(Reply::code), Some(550));
+        assert!(!outcome.delivered && outcome.needs_reset);
+    }
+
+    #[test]
+    fn large_or_lockstep_bdat_waits_for_the_recipients() {
+        for (size, pipelining) in [(MAX_PIPELINED_CHUNK + 1, true), (42, false)] {
+            let (mut tx, first) =
+                Transaction::start(envelope(&["b@x"]), ContentMode::Bdat { size }, pipelining)
+                    .unwrap();
+            let TxStep::Send(first) = first else {
+                panic!("no first flight")
+            };
+            assert!(!first.windows(4).any(|w| w == b"BDAT"));
+            assert!(!tx.content_follows_command());
+            let after_mail = tx.on_reply(reply(250));
+            if !pipelining {
+                assert_eq!(after_mail, TxStep::Send(b"RCPT TO:<b@x>\r\n".to_vec()));
+            }
+            assert_eq!(
+                tx.on_reply(reply(250)),
+                TxStep::Send(format!("BDAT {size} LAST\r\n").into_bytes())
+            );
+            assert!(tx.content_follows_command() && tx.expects_final_reply());
+            let TxStep::Done(outcome) = tx.on_reply(reply(250)) else {
+                panic!("not done")
+            };
+            assert!(outcome.delivered);
+        }
     }
 }

@@ -327,41 +327,18 @@ impl Connection {
             step = match step {
                 TxStep::Send(bytes) => {
                     if tx.content_follows_command() {
-                        let file = content
-                            .take()
-                            .ok_or(DeliveryError::Protocol("content sent twice".into()))?;
+                        let file = take_content(&mut content)?;
                         send_raw(&mut self.io, bytes, file, envelope.size).await?;
-                        let reply = self
-                            .replies
-                            .read(&mut self.io, "BDAT", timeouts::FINAL)
-                            .await?;
-                        tx.on_reply(reply)
                     } else {
                         write_all(&mut self.io, &bytes, "command").await?;
-                        let reply = self
-                            .replies
-                            .read(&mut self.io, "command", timeouts::COMMAND)
-                            .await?;
-                        tx.on_reply(reply)
                     }
+                    tx.on_reply(self.next_reply(&tx).await?)
                 }
-                TxStep::ReadReply => {
-                    let reply = self
-                        .replies
-                        .read(&mut self.io, "command", timeouts::COMMAND)
-                        .await?;
-                    tx.on_reply(reply)
-                }
+                TxStep::ReadReply => tx.on_reply(self.next_reply(&tx).await?),
                 TxStep::SendContent => {
-                    let file = content
-                        .take()
-                        .ok_or(DeliveryError::Protocol("content sent twice".into()))?;
+                    let file = take_content(&mut content)?;
                     send_stuffed(&mut self.io, file, envelope.size).await?;
-                    let reply = self
-                        .replies
-                        .read(&mut self.io, "end of data", timeouts::FINAL)
-                        .await?;
-                    tx.on_reply(reply)
+                    tx.on_reply(self.next_reply(&tx).await?)
                 }
                 TxStep::Done(outcome) => {
                     if outcome.needs_reset {
@@ -370,6 +347,20 @@ impl Connection {
                     return Ok(outcome);
                 }
             };
+        }
+    }
+
+    /// Reads the transaction's next reply, with the longer deadline when it answers the
+    /// content.
+    async fn next_reply(&mut self, tx: &Transaction) -> Result<Reply, DeliveryError> {
+        if tx.expects_final_reply() {
+            self.replies
+                .read(&mut self.io, "end of data", timeouts::FINAL)
+                .await
+        } else {
+            self.replies
+                .read(&mut self.io, "command", timeouts::COMMAND)
+                .await
         }
     }
 
@@ -493,6 +484,13 @@ impl std::io::Read for Content {
             Content::Memory(bytes) => std::io::Read::read(bytes, buf),
         }
     }
+}
+
+/// The content, which goes out once per transaction.
+fn take_content(content: &mut Option<Content>) -> Result<Content, DeliveryError> {
+    content
+        .take()
+        .ok_or(DeliveryError::Protocol("content sent twice".into()))
 }
 
 /// Reads the next piece of the content.
