@@ -36,6 +36,8 @@ mod timeouts {
 
 /// Bytes of content read from the spool per write.
 const CONTENT_CHUNK: usize = 64 * 1024;
+/// Room made for each read of replies.
+const REPLY_READ: usize = 4096;
 
 /// Why a connection failed; every variant defers the message (transient by nature).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -121,7 +123,7 @@ struct Replies {
 impl Replies {
     fn new() -> Self {
         Replies {
-            input: Vec::with_capacity(4096),
+            input: Vec::with_capacity(REPLY_READ),
             parser: ReplyParser::new(),
         }
     }
@@ -133,25 +135,23 @@ impl Replies {
         limit: Duration,
     ) -> Result<Reply, DeliveryError> {
         let deadline = tokio::time::Instant::now() + limit;
-        let mut buf = [0u8; 4096];
         loop {
             match self.parser.parse(&mut self.input) {
                 Ok(Some(reply)) => return Ok(reply),
                 Ok(None) => {}
                 Err(e) => return Err(DeliveryError::Protocol(e.to_string())),
             }
-            let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            self.input.reserve(REPLY_READ);
+            match tokio::time::timeout_at(deadline, stream.read_buf(&mut self.input)).await {
                 Ok(Ok(0)) => {
                     return Err(DeliveryError::Io(format!(
                         "connection closed during {phase}"
                     )));
                 }
-                Ok(Ok(n)) => n,
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err(DeliveryError::Timeout(phase)),
-            };
-            self.input
-                .extend_from_slice(buf.get(..n).unwrap_or_default());
+            }
         }
     }
 }

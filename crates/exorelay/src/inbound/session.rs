@@ -336,19 +336,12 @@ pub async fn read_more<S>(
 where
     S: AsyncRead + Unpin,
 {
-    let start = input.len();
-    input.resize(start + READ_CHUNK, 0);
-    let read = timeout_at(deadline, stream.read(&mut input[start..])).await;
-    let n = match read {
-        Ok(Ok(n)) => n,
-        Ok(Err(e)) => {
-            input.truncate(start);
-            return Err(e);
-        }
-        Err(_) => 0,
-    };
-    input.truncate(start + n);
-    Ok(n > 0)
+    input.reserve(READ_CHUNK);
+    match timeout_at(deadline, stream.read_buf(input)).await {
+        Ok(Ok(n)) => Ok(n > 0),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Ok(false),
+    }
 }
 
 /// Writes the collected replies, if any, in one write.
