@@ -156,7 +156,8 @@ pub struct Upstream {
     pub tls: UpstreamTls,
     /// Name the upstream's certificate must carry; default: the host (or MX host) name.
     pub server_name: Option<String>,
-    /// Use BDAT (CHUNKING, RFC 3030) when the upstream offers it.
+    /// Use BDAT (CHUNKING, RFC 3030) when the upstream offers it; with PIPELINING, a small
+    /// message's chunk goes in the same flight as MAIL and RCPT.
     pub chunking: bool,
     /// Most concurrent connections to this upstream.
     pub max_connections: usize,
