@@ -1,8 +1,8 @@
 //! The client side of SMTP, as pure code: an incremental, bounded reply parser (multi-line
 //! replies, enhanced status codes), the EHLO capabilities, typed command encoding that refuses
 //! CR/LF, and the transaction state machine that pipelines MAIL/RCPT/DATA (RFC 2920) or
-//! MAIL/RCPT/BDAT (RFC 3030 §4.2) and ends with one outcome per recipient. The daemon's delivery driver does
-//! the I/O and feeds replies in; nothing here reads a socket.
+//! MAIL/RCPT/BDAT (RFC 3030 §4.2) and ends with one outcome per recipient. The daemon's
+//! delivery driver does the I/O and feeds replies in; nothing here reads a socket.
 
 use crate::reply::{EnhancedCode, Reply};
 
