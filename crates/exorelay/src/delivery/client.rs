@@ -529,16 +529,17 @@ async fn send_stuffed(
     }
 }
 
-/// Writes the `BDAT n LAST` command and streams the content as is (one chunk) behind it: the
-/// command goes out with the first piece of content, in one write.
+/// Writes `commands` (ending with `BDAT n LAST`, after MAIL and RCPT when they are pipelined
+/// with it) and streams the content as is (one chunk) behind them: the commands go out with
+/// the first piece of content, in one write.
 async fn send_raw(
     io: &mut Box<dyn Io>,
-    command: Vec<u8>,
+    commands: Vec<u8>,
     mut file: Content,
     size: u64,
 ) -> Result<(), DeliveryError> {
     let mut buf = vec![0u8; chunk_len(size)];
-    let mut out = command;
+    let mut out = commands;
     loop {
         let n = read_piece(&mut file, &mut buf)?;
         if n == 0 {
@@ -551,7 +552,7 @@ async fn send_raw(
     if out.is_empty() {
         Ok(())
     } else {
-        // Empty content: the command alone.
+        // Empty content: the commands alone.
         write_all(io, &out, "BDAT").await
     }
 }

@@ -120,9 +120,10 @@ impl QueueHandle {
             .map_err(|_| "the queue manager has stopped".to_string())?
     }
 
-    /// Stops the manager once every finished message it handed to the reaper is removed from
-    /// the spool, so none is delivered again at the next start. Attempts still running are not
-    /// waited for: their messages stay queued and are tried again at the next start.
+    /// Stops the manager once the attempts that have reported are recorded and every finished
+    /// message handed to the reaper is removed from the spool, so none is delivered again at
+    /// the next start. Attempts still running are not waited for: their messages stay queued
+    /// and are tried again at the next start.
     pub async fn stop(&self) {
         let (done, stopped) = oneshot::channel();
         if self.events.send(Event::Stop(done)).is_ok() {
@@ -334,12 +335,12 @@ impl Manager {
                         let _ = reply.send(self.command(command));
                     }
                     Some(Event::Stop(done)) => {
-                        self.finish().await;
+                        self.finish(&mut attempts).await;
                         let _ = done.send(());
                         return;
                     }
                     None => {
-                        self.finish().await;
+                        self.finish(&mut attempts).await;
                         return;
                     }
                 },
@@ -352,9 +353,13 @@ impl Manager {
         }
     }
 
-    /// Ends the manager: waits (off the async threads) until the reaper has removed every
-    /// finished message handed to it.
-    async fn finish(self) {
+    /// Ends the manager: records the attempts that have already reported (a delivered message
+    /// must not be sent again at the next start), then waits (off the async threads) until the
+    /// reaper has removed every finished message handed to it.
+    async fn finish(mut self, attempts: &mut mpsc::UnboundedReceiver<Attempt>) {
+        while let Ok(attempt) = attempts.try_recv() {
+            self.attempted(attempt);
+        }
         let reaper = self.reaper;
         if let Err(e) = tokio::task::spawn_blocking(move || reaper.finish()).await {
             warn!("cannot wait for the spool reaper: {e}");
@@ -592,10 +597,11 @@ impl Manager {
             metrics::HELD.inc();
             envelope.held_reason = Some(reason.clone());
             self.update(&envelope);
-            if let Err(e) = blocking(|| self.spool.hold(envelope.id, &reason)) {
-                warn!(id = %envelope.id, "cannot hold: {e}");
+            match blocking(|| self.spool.hold(envelope.id, &reason)) {
+                Ok(()) => return,
+                // Still queued: it is tried again (and held then) rather than left unscheduled.
+                Err(e) => warn!(id = %envelope.id, "cannot hold, retrying later: {e}"),
             }
-            return;
         }
         let delay = retry_delay(&self.config.queue.retry, envelope.attempts);
         envelope.next_attempt = now + delay.as_secs().max(1);
@@ -731,9 +737,9 @@ impl Manager {
                 Ok(format!("{target} due now"))
             }
             Command::Hold(_) => {
-                self.forget(target);
                 blocking(|| self.spool.hold(target, "held by the administrator"))
                     .map_err(|e| e.to_string())?;
+                self.forget(target);
                 Ok(format!("{target} held"))
             }
             Command::Release(_) => {
@@ -1032,6 +1038,37 @@ max_connections = 1
         );
         running.await.unwrap();
         opener.join().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn attempts_reported_before_the_stop_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (open, gate) = std::sync::mpsc::channel();
+        drop(open);
+        let h = harness(dir.path(), closed_port(), gate);
+        let envelope = commit(&h.spool, b"Subject: done\r\n\r\ndelivered\r\n").await;
+        let id = envelope.id;
+        let (reported, mut attempts) = mpsc::unbounded_channel();
+        reported
+            .send(Attempt {
+                envelope,
+                host: Some("mx.test".into()),
+                result: Ok(TransactionOutcome {
+                    mail_refused: None,
+                    recipients: vec![Reply::queued("1234")],
+                    delivered: true,
+                    needs_reset: false,
+                }),
+            })
+            .unwrap();
+        h.manager.finish(&mut attempts).await;
+        assert!(
+            matches!(
+                h.spool.load_envelope(id),
+                Err(spool::Error::NotFound { .. })
+            ),
+            "a delivered message must not be sent again at the next start"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
