@@ -230,11 +230,12 @@ pub enum ContentMode {
 #[derive(Debug, PartialEq, Eq)]
 #[must_use]
 pub enum TxStep {
-    /// Write these command bytes, then read replies.
+    /// Write these command bytes (and, when [`Transaction::content_follows_command`], the
+    /// content as is right behind them), then read replies.
     Send(Vec<u8>),
     /// Read the next reply and hand it to [`Transaction::on_reply`].
     ReadReply,
-    /// Write the content now (dot-stuffed with its terminator for DATA, raw for BDAT), then read
+    /// Write the content now, dot-stuffed with its terminator (after DATA's 354), then read
     /// the reply.
     SendContent,
     /// The transaction is over; the outcome is final. The connection can carry another one
@@ -252,8 +253,9 @@ pub struct TransactionOutcome {
     pub recipients: Vec<Reply>,
     /// Whether the server took responsibility for the accepted recipients.
     pub delivered: bool,
-    /// Whether the server left the transaction open (MAIL or all RCPTs refused): send RSET
-    /// before reusing the connection.
+    /// Whether the message was not delivered, so the server may have left the transaction
+    /// open (MAIL, every RCPT or the content refused): send RSET before reusing the
+    /// connection.
     pub needs_reset: bool,
 }
 

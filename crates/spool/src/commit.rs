@@ -180,9 +180,10 @@ impl MessageWriter {
     /// the journal.
     fn spill(&mut self) -> io::Result<&mut ContentFile> {
         let mut file = ContentFile::create(&self.place, self.id).map_err(io::Error::other)?;
-        if let Some(memory) = self.memory.take() {
-            file.out.get_mut().write_all(&memory)?;
+        if let Some(memory) = &self.memory {
+            file.out.get_mut().write_all(memory)?;
         }
+        self.memory = None;
         Ok(self.file.insert(file))
     }
 }
@@ -257,7 +258,8 @@ impl Pending {
 /// messages one sync covers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
-    /// Batches processed (each made durable by one sync).
+    /// Batches processed (each made durable by one sync; one holding both journal records and
+    /// message files, by both kinds).
     pub batches: u64,
     /// Batches made durable by an `fdatasync` of the commit journal.
     pub journal_syncs: u64,
@@ -542,9 +544,7 @@ fn write_envelope_file(
         guard.disarm();
         return Ok(());
     };
-    let Recycled {
-        file, path: from, ..
-    } = recycled;
+    let Recycled { file, path: from } = recycled;
     let guard = RemoveOnDrop::new(from.clone());
     // Written over the old text, then cut to length. Should a crash keep the old length or
     // tail, the envelope does not parse or does not match the content: replay rewrites it
@@ -644,13 +644,10 @@ fn commit_batch(disk: &Disk, batch: Vec<Pending>, journal: Option<&SharedJournal
 /// those that have any go, envelope before content, as in `Spool::remove`.
 fn withdraw(disk: &Disk, ids: &[QueueId], journal: Option<&SharedJournal>, stats: &Stats) {
     let queue = &disk.layout.queue;
-    if let Some(journal) = journal {
-        for &id in ids {
-            journal.forget(id);
-        }
-        if let Err(e) = journal.log_removed(disk, ids, true) {
-            tracing::warn!(error = %e, "could not log withdrawn messages in the commit journal");
-        }
+    if let Some(journal) = journal
+        && let Err(e) = journal.log_removed(disk, ids, true)
+    {
+        tracing::warn!(error = %e, "could not log withdrawn messages in the commit journal");
     }
     for &id in ids {
         tracing::info!(queue_id = %id, "commit abandoned by its caller; removing the message");

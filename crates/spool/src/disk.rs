@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! DIR/lock            flock'd for the life of a `Spool`; holds the daemon's pid, for humans
-//! DIR/tmp/            envelope rewrites in progress; anything here at start is removed
+//! DIR/tmp/            envelope rewrites and write-outs from the journal in progress;
+//!                     anything here at start is removed
 //! DIR/queue/ID.msg    content, bytes exactly as received
 //! DIR/queue/ID.env    envelope (TOML); its presence marks the message complete
 //! DIR/hold/ID.{msg,env}     held messages, same pair

@@ -28,10 +28,11 @@
 //! ```
 //!
 //! All integers are little-endian; the CRC-32 covers the bytes from `kind` to `length` and the
-//! payload. A removal is logged (without a sync of its own) *before* a message's files leave
-//! `queue/` (or, for a message never written out, instead of touching files), so that after
-//! a crash a delivered, deleted or refused message is not brought back; the journal is shared
-//! for this between the committer and the spool's removals.
+//! payload. A removal is logged *before* a message's files leave `queue/` (or, for a message
+//! never written out, instead of touching files), so that after a crash a delivered, deleted
+//! or refused message is not brought back. A delivered or deleted message's removal has no
+//! sync of its own (at worst it is delivered again); a refused or withdrawn commit's is
+//! synced. The journal is shared for this between the committer and the spool's removals.
 //!
 //! **Checkpoint.** When the active segment is full, and at a clean close, the committer
 //! writes out every message still held in the journal alone, runs one `syncfs` — now every
@@ -79,6 +80,8 @@ const PREPARE_STEP: u64 = 1024 * 1024;
 const MAGIC: [u8; 4] = *b"EXRJ";
 const HEADER_LEN: usize = 24;
 const ID_LEN: usize = 16;
+/// Length of a removal record: header and id.
+const REMOVED_RECORD_LEN: usize = HEADER_LEN + ID_LEN;
 
 const KIND_SEGMENT: u8 = 0;
 const KIND_COMMITTED: u8 = 1;
@@ -249,9 +252,7 @@ impl Segment {
             })
             .map_err(|e| Error::io("fdatasync", &self.path, e))
     }
-}
 
-impl Segment {
     /// Reads the committed record at `place` back: the message's envelope text and content.
     fn read_committed(&self, place: RecordPlace) -> Result<(Vec<u8>, Vec<u8>), Error> {
         let mut bytes = vec![0u8; place.len];
@@ -296,14 +297,15 @@ pub(crate) struct SharedJournal {
 }
 
 impl SharedJournal {
-    /// Exclusive access for appending or checkpointing. Every field is changed only after
-    /// the file operation it records succeeded, so a panic elsewhere leaves nothing half
-    /// done: poisoning is ignored.
+    /// Exclusive access for appending or checkpointing. Poisoning is ignored: a panic while
+    /// it is held can at worst leave a removal unlogged (the message is forgotten first), which
+    /// costs a second delivery after a crash, as a failed append does.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Journal> {
         self.journal.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Logs that `ids` left `queue/`, so that replay does not bring them back. Without
+    /// Logs that `ids` left `queue/` (or, held in the journal alone, are dropped), so that
+    /// replay does not bring them back. Without
     /// `sync` the records are in the page cache at once (a `kill -9` keeps them) and reach
     /// the disk with the next commit's `fdatasync` or checkpoint; with `sync` they are made
     /// durable now.
@@ -315,8 +317,9 @@ impl SharedJournal {
     ) -> Result<(), Error> {
         let segment = {
             let mut journal = self.lock();
-            let mut records = Vec::with_capacity(ids.len() * (HEADER_LEN + ID_LEN));
+            let mut records = Vec::with_capacity(ids.len() * REMOVED_RECORD_LEN);
             for &id in ids {
+                journal.unwritten.remove(&id);
                 encode_removed(&mut records, journal.generation, id);
             }
             journal.append(disk, &records)?
@@ -333,12 +336,6 @@ impl SharedJournal {
         self.lock().unwritten.extend(places);
     }
 
-    /// Drops message `id` from the journal-only messages (it is being removed); whether it
-    /// was one — it then has no files.
-    pub(crate) fn forget(&self, id: QueueId) -> bool {
-        self.lock().unwritten.remove(&id).is_some()
-    }
-
     /// Removes message `id` if it is held in the journal alone (see
     /// [`Journal::remove_unwritten`]); `false` when it has files or is unknown.
     pub(crate) fn remove_unwritten(&self, disk: &Disk, id: QueueId) -> bool {
@@ -346,21 +343,23 @@ impl SharedJournal {
     }
 
     /// [`SharedJournal::remove_unwritten`] without waiting: `false` also when the journal is
-    /// busy (a checkpoint holds it for milliseconds).
+    /// busy (a checkpoint holds it for milliseconds), or when the removal record would first
+    /// have to grow the segment (an `fsync`).
     pub(crate) fn try_remove_unwritten(&self, disk: &Disk, id: QueueId) -> bool {
-        match self.journal.try_lock() {
-            Ok(mut journal) => journal.remove_unwritten(disk, id),
-            Err(TryLockError::Poisoned(poisoned)) => {
-                poisoned.into_inner().remove_unwritten(disk, id)
-            }
-            Err(TryLockError::WouldBlock) => false,
-        }
+        let mut journal = match self.journal.try_lock() {
+            Ok(journal) => journal,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        journal.fits_prepared(REMOVED_RECORD_LEN) && journal.remove_unwritten(disk, id)
     }
 
     /// Writes message `id` to `queue/` from its record if it is durable in the journal only,
-    /// so that it can be read, rewritten or moved like any other.
+    /// so that it can be read, rewritten or moved like any other. Its content is synced: the
+    /// caller may make a newer envelope durable next (a deferral, a hold), and replay must
+    /// never find that envelope beside lost content and go back to the record's.
     pub(crate) fn write_out(&self, disk: &Disk, id: QueueId) -> Result<(), Error> {
-        self.lock().write_out(disk, id)
+        self.lock().write_out(disk, id, SyncContent::Now)
     }
 
     /// The content of message `id` from its record if it is held in the journal alone,
@@ -511,7 +510,7 @@ impl Journal {
         if self.unwritten.remove(&id).is_none() {
             return false;
         }
-        let mut record = Vec::with_capacity(HEADER_LEN + ID_LEN);
+        let mut record = Vec::with_capacity(REMOVED_RECORD_LEN);
         encode_removed(&mut record, self.generation, id);
         if let Err(e) = self.append(disk, &record) {
             // At-least-once: a crash before the next checkpoint may deliver it again.
@@ -521,16 +520,22 @@ impl Journal {
     }
 
     /// Writes message `id` to `queue/` from its record, if it is durable in the journal only.
-    fn write_out(&mut self, disk: &Disk, id: QueueId) -> Result<(), Error> {
+    fn write_out(&mut self, disk: &Disk, id: QueueId, sync: SyncContent) -> Result<(), Error> {
         let Some(&place) = self.unwritten.get(&id) else {
             return Ok(());
         };
         let segment = &self.segments[self.active];
         let (envelope, content) = segment.read_committed(place)?;
-        write_files(disk, id, &envelope, &content)?;
+        write_files(disk, id, &envelope, &content, sync)?;
         self.unwritten.remove(&id);
         self.written_out += 1;
         Ok(())
+    }
+
+    /// Whether `len` more bytes fit in the prepared part of the active segment, so that
+    /// appending them changes no metadata and needs no `fsync`.
+    fn fits_prepared(&self, len: usize) -> bool {
+        self.offset + len as u64 <= self.prepared[self.active]
     }
 
     /// Whether the active segment has grown past its size, so that the committer should
@@ -547,7 +552,7 @@ impl Journal {
     pub(crate) fn checkpoint(&mut self, disk: &Disk) -> Result<(), Error> {
         let unwritten: Vec<QueueId> = self.unwritten.keys().copied().collect();
         for id in unwritten {
-            self.write_out(disk, id)?;
+            self.write_out(disk, id, SyncContent::Later)?;
         }
         disk.sync_filesystem(&disk.layout.queue)?;
         self.start_next_generation(disk)
@@ -652,7 +657,7 @@ fn replay(disk: &Disk, bytes: &[u8]) -> Result<(bool, Replay), Error> {
                 }
             }
         }
-        write_files(disk, id, envelope, content)?;
+        write_files(disk, id, envelope, content, SyncContent::Later)?;
         result.restored.push(id);
     }
     Ok((had_messages, result))
@@ -692,11 +697,27 @@ fn stored_state(disk: &Disk, id: QueueId) -> Stored {
     }
 }
 
+/// When the content file that [`write_files`] writes is synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncContent {
+    /// Before it is renamed into `queue/`.
+    Now,
+    /// By the `syncfs` that follows (a checkpoint's, or replay's); until then the record
+    /// stays valid.
+    Later,
+}
+
 /// Writes `queue/ID.msg` and then `queue/ID.env` from a record, each written whole in `tmp/`
 /// and renamed into place (so the lock-free queue tools never read half a file), removing
-/// what it wrote if it fails. Not synced: the record stays valid until the next checkpoint's
-/// `syncfs` (or the one that follows replay).
-fn write_files(disk: &Disk, id: QueueId, envelope: &[u8], content: &[u8]) -> Result<(), Error> {
+/// what it wrote if it fails. The envelope is not synced here: until the next `syncfs` the
+/// record stands for it, and whoever changes it makes its own copy durable.
+fn write_files(
+    disk: &Disk,
+    id: QueueId,
+    envelope: &[u8],
+    content: &[u8],
+    sync: SyncContent,
+) -> Result<(), Error> {
     let layout = &disk.layout;
     let mut placed = Vec::new();
     for (ext, bytes) in [(MSG_EXT, content), (ENV_EXT, envelope)] {
@@ -705,6 +726,9 @@ fn write_files(disk: &Disk, id: QueueId, envelope: &[u8], content: &[u8]) -> Res
         let file = disk::create_new(&temporary)?;
         let written = RemoveOnDrop::new(temporary.clone());
         disk::write_all(&file, bytes, &temporary)?;
+        if ext == MSG_EXT && sync == SyncContent::Now {
+            disk.sync_file(&file, &temporary)?;
+        }
         let path = Layout::file(&layout.queue, id, ext);
         disk.rename(&temporary, &path)?;
         written.disarm();

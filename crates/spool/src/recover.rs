@@ -2,7 +2,8 @@
 //!
 //! Runs once in `Spool::open`, with the lock held and before the committer starts. Rules:
 //!
-//! * everything in `tmp/` is an unfinished envelope rewrite → removed;
+//! * everything in `tmp/` is an unfinished envelope rewrite or write-out from the journal →
+//!   removed;
 //! * a `.msg` with no `.env` for its id in `queue/` or `hold/` is an incomplete write (the
 //!   envelope is written last, so this message never got a 250) → removed; so is a `.msg`
 //!   whose `.env` in `queue/` is empty (a commit cut short by a power loss before its sync);

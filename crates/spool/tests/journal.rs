@@ -323,6 +323,48 @@ fn reopening_after_a_kill_syncs_the_files_before_the_records_stop_counting() {
     assert!(!steps.0.lock().unwrap().contains(&"syncfs"));
 }
 
+/// Records every fsync and rename the spool announces, with its paths.
+#[derive(Debug, Default)]
+struct FileSteps(Mutex<Vec<String>>);
+
+impl FaultInjector for FileSteps {
+    fn before(&self, step: Step<'_>) -> std::io::Result<()> {
+        let seen = match step {
+            Step::SyncFile(path) => format!("sync {}", path.display()),
+            Step::Rename { from, to } => format!("rename {} {}", from.display(), to.display()),
+            _ => return Ok(()),
+        };
+        self.0.lock().unwrap().push(seen);
+        Ok(())
+    }
+}
+
+/// A message written out of the journal to be held gets its content synced before the held
+/// envelope is made durable: replay must never find that envelope beside lost content and go
+/// back to the record's envelope (which would release the message).
+#[test]
+fn a_write_out_by_id_syncs_the_content_before_the_envelope_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = Arc::new(FileSteps::default());
+    let (spool, _) = Spool::open_with_faults(dir.path(), durable(), steps.clone()).unwrap();
+    let message = commit(&spool, b"held soon");
+    steps.0.lock().unwrap().clear();
+    spool.hold(message.id, "held by the test").unwrap();
+
+    let seen = steps.0.lock().unwrap().clone();
+    let content = dir.path().join(format!("tmp/{}.msg", message.id));
+    let content_synced = seen
+        .iter()
+        .position(|s| *s == format!("sync {}", content.display()));
+    let envelope_synced = seen
+        .iter()
+        .position(|s| s.starts_with("sync ") && s.ends_with(".env"));
+    assert!(
+        matches!((content_synced, envelope_synced), (Some(c), Some(e)) if c < e),
+        "{seen:#?}"
+    );
+}
+
 /// The queue tools read a running spool without its lock: a message held in the journal
 /// alone is listed and shown from its record, once; written out, it is listed from its
 /// files; removed, it is gone.

@@ -531,7 +531,9 @@ async fn send_stuffed(
 
 /// Writes `commands` (ending with `BDAT n LAST`, after MAIL and RCPT when they are pipelined
 /// with it) and streams the content as is (one chunk) behind them: the commands go out with
-/// the first piece of content, in one write.
+/// the first piece of content, in one write. Content that is not the `size` octets the
+/// command announced is an error before anything past `size` is sent: the server would read
+/// the excess as commands, or wait for the rest, so the connection must be dropped.
 async fn send_raw(
     io: &mut Box<dyn Io>,
     commands: Vec<u8>,
@@ -540,14 +542,22 @@ async fn send_raw(
 ) -> Result<(), DeliveryError> {
     let mut buf = vec![0u8; chunk_len(size)];
     let mut out = commands;
+    let mut read: u64 = 0;
     loop {
         let n = read_piece(&mut file, &mut buf)?;
         if n == 0 {
             break;
         }
+        read = read.saturating_add(n as u64);
+        if read > size {
+            return Err(wrong_size(size, read));
+        }
         out.extend_from_slice(buf.get(..n).unwrap_or_default());
         write_all(io, &out, "BDAT").await?;
         out.clear();
+    }
+    if read != size {
+        return Err(wrong_size(size, read));
     }
     if out.is_empty() {
         Ok(())
@@ -555,6 +565,14 @@ async fn send_raw(
         // Empty content: the commands alone.
         write_all(io, &out, "BDAT").await
     }
+}
+
+/// The spool's content differs in length from the size the envelope (and BDAT) gave.
+fn wrong_size(size: u64, read: u64) -> DeliveryError {
+    DeliveryError::Spool(format!(
+        "the content has {}{read} octets where its envelope says {size}",
+        if read > size { "at least " } else { "" }
+    ))
 }
 
 #[cfg(test)]
@@ -653,5 +671,18 @@ mod tests {
         let (writes, bytes) =
             sent(async |io| send_raw(io, command.clone(), memory(b""), 0).await).await;
         assert_eq!((writes, bytes), (1, command));
+    }
+
+    #[tokio::test]
+    async fn content_of_another_size_than_announced_is_refused_before_the_excess() {
+        let command = b"BDAT 5 LAST\r\n".to_vec();
+        for (content, sends) in [(&b"0123456789"[..], 0), (&b"012"[..], 1)] {
+            let recorder = Recorder::default();
+            let mut io: Box<dyn Io> = Box::new(recorder.clone());
+            let result = send_raw(&mut io, command.clone(), memory(content), 5).await;
+            assert!(matches!(result, Err(DeliveryError::Spool(_))), "{result:?}");
+            // Longer: nothing past the 5 octets goes out; shorter: what there was.
+            assert_eq!(recorder.writes().len(), sends);
+        }
     }
 }

@@ -244,9 +244,9 @@ async fn deliver(
         }
     };
     let host = Some(warm.connection.host.clone());
-    let result = match attempt_content(&spool, envelope.id, content) {
+    let result = match attempt_content(&spool, envelope.id, content).await {
         Ok(content) => warm.connection.deliver(envelope, content).await,
-        Err(e) => Err(DeliveryError::Spool(e.to_string())),
+        Err(e) => Err(e),
     };
     warm.carried += 1;
     warm.idle_since = Instant::now();
@@ -257,19 +257,28 @@ async fn deliver(
 }
 
 /// The content for an attempt: the copy kept in memory, else the journal record of a message
-/// held there alone, else its file.
-fn attempt_content(
+/// held there alone, else its file. The spool is read on the blocking pool: it may wait for
+/// the journal while a checkpoint holds it.
+async fn attempt_content(
     spool: &Spool,
     id: QueueId,
     copy: Option<Vec<u8>>,
-) -> Result<Content, spool::Error> {
-    let bytes = match copy {
-        Some(bytes) => Some(bytes),
-        None => spool.read_unwritten(id)?,
-    };
-    match bytes {
+) -> Result<Content, DeliveryError> {
+    if let Some(bytes) = copy {
+        return Ok(Content::Memory(std::io::Cursor::new(bytes)));
+    }
+    let spool = spool.clone();
+    let stored = tokio::task::spawn_blocking(move || match spool.read_unwritten(id)? {
         Some(bytes) => Ok(Content::Memory(std::io::Cursor::new(bytes))),
         None => spool.open_content(id).map(Content::File),
+    })
+    .await;
+    match stored {
+        Ok(Ok(content)) => Ok(content),
+        Ok(Err(e)) => Err(DeliveryError::Spool(e.to_string())),
+        Err(e) => Err(DeliveryError::Spool(format!(
+            "reading the content failed: {e}"
+        ))),
     }
 }
 
