@@ -38,6 +38,10 @@ pub struct RecoveryReport {
     pub removed_incomplete: Vec<PathBuf>,
     /// Files moved to `corrupt/` (their new path) and why. An operator must look at these.
     pub quarantined: Vec<(PathBuf, String)>,
+    /// Messages lost to `corrupt/` because their files did not make a whole message: no
+    /// longer queued. Not among them: files restored from the commit journal, a held
+    /// duplicate of a queued message, and stray files.
+    pub damaged: Vec<QueueId>,
     /// Acknowledged messages whose files a crash had lost or damaged, written back from the
     /// commit journal before the scan (they are in `queued` too).
     pub restored_from_journal: Vec<QueueId>,
@@ -234,6 +238,7 @@ impl Scan<'_> {
         }
         if !has_msg {
             let reason = format!("content file {id}.{MSG_EXT} is missing");
+            self.report.damaged.push(id);
             return self.quarantine(&env_path, &reason);
         }
         // An empty envelope is a commit cut short before its sync (a committed envelope is
@@ -265,6 +270,7 @@ impl Scan<'_> {
             }
             Err(error) => {
                 let reason = error.to_string();
+                self.report.damaged.push(id);
                 self.quarantine(&env_path, &reason)?;
                 self.quarantine(&msg_path, &reason)
             }

@@ -117,8 +117,9 @@ fn acknowledged_mail_whose_files_were_lost_or_damaged_is_restored() {
     for envelope in &report.queued {
         spool.verify_content(envelope).unwrap();
     }
-    // The damaged files were kept for a human, not deleted: two pairs.
+    // The damaged files were kept for a human, not deleted: two pairs; no message was lost.
     assert_eq!(report.quarantined.len(), 4, "{:?}", report.quarantined);
+    assert!(report.damaged.is_empty(), "{:?}", report.damaged);
     assert!(
         report
             .quarantined

@@ -202,7 +202,15 @@ fn damaged(dir: &Path, damage: impl FnOnce(&Path, QueueId)) -> QueueId {
     id
 }
 
-fn assert_quarantined(dir: &Path, report: &spool::RecoveryReport, moved: &[PathBuf], reason: &str) {
+/// Checks that message `id` was lost to `corrupt/` with exactly the files `moved`, for
+/// `reason`.
+fn assert_quarantined(
+    dir: &Path,
+    report: &spool::RecoveryReport,
+    id: QueueId,
+    moved: &[PathBuf],
+    reason: &str,
+) {
     let mut got: Vec<PathBuf> = report.quarantined.iter().map(|(p, _)| p.clone()).collect();
     got.sort();
     let mut want = moved.to_vec();
@@ -211,6 +219,7 @@ fn assert_quarantined(dir: &Path, report: &spool::RecoveryReport, moved: &[PathB
     for (_, why) in &report.quarantined {
         assert!(why.contains(reason), "reason {why:?} lacks {reason:?}");
     }
+    assert_eq!(report.damaged, [id]);
     assert!(report.queued.is_empty());
     assert!(files(dir, "queue").is_empty(), "{:?}", files(dir, "queue"));
 }
@@ -223,6 +232,7 @@ fn reopen_expecting_both_quarantined(dir: &Path, id: QueueId, reason: &str) {
     assert_quarantined(
         dir,
         &report,
+        id,
         &[
             corrupt.join(format!("{id}.env")),
             corrupt.join(format!("{id}.msg")),
@@ -280,6 +290,7 @@ fn envelope_without_content_is_quarantined() {
     assert_quarantined(
         dir.path(),
         &report,
+        id,
         &[dir.path().join(format!("corrupt/{id}.env"))],
         "missing",
     );
@@ -314,6 +325,7 @@ fn stray_files_are_quarantined_not_deleted() {
     fs::write(dir.path().join("hold/notes.txt"), "also mine").unwrap();
     let (_spool, report) = Spool::open(dir.path(), fast()).unwrap();
     assert_eq!(report.quarantined.len(), 2);
+    assert!(report.damaged.is_empty(), "stray files are no message");
     assert_eq!(files(dir.path(), "corrupt"), ["notes.txt", "notes.txt.1"]);
 }
 

@@ -2,7 +2,6 @@
 //! manager and the control socket, listen, and run until SIGTERM or SIGINT. [`Relay`] is the
 //! same daemon as a value, so `exorelay demo` can run it in-process.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -47,17 +46,7 @@ fn recovered(dir: &Path, report: spool::RecoveryReport, queue: &manager::QueueHa
     for (path, reason) in &report.quarantined {
         warn!("recovery: quarantined {}: {reason}", path.display());
     }
-    // One message's two files (`ID.env`, `ID.msg`, maybe with a `.N` suffix) count once.
-    let messages: HashSet<String> = report
-        .quarantined
-        .iter()
-        .filter_map(|(path, _)| path.file_name())
-        .map(|name| {
-            let name = name.to_string_lossy();
-            name.split('.').next().unwrap_or_default().to_owned()
-        })
-        .collect();
-    metrics::QUARANTINED.add(u64::try_from(messages.len()).unwrap_or(u64::MAX));
+    metrics::QUARANTINED.add(u64::try_from(report.damaged.len()).unwrap_or(u64::MAX));
     for id in &report.restored_from_journal {
         warn!(
             "recovery: restored {id} from the commit journal (a crash had lost or damaged its files)"
