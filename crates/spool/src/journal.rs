@@ -49,6 +49,12 @@
 //! found intact may only be in the page cache, after a `kill -9`), and a fresh generation
 //! begins, so nothing is replayed twice.
 //!
+//! **Preallocation.** Both segments are filled with zeros up to the segment size and synced
+//! when the journal is opened (a new spool's one-time cost: 32 MiB at the default size, ~35
+//! ms on the benchmark VM), so that an append never changes the file's size or allocation
+//! and its `fdatasync` writes data only. Only the batch that crosses the end of a segment
+//! grows it, by one [`PREPARE_STEP`].
+//!
 //! **Locks.** The journal's mutex guards the segment, the generation and the places of the
 //! records not yet written out; a spool operation takes its message's stripe lock first,
 //! the committer never takes a stripe lock, so a write-out by id and a checkpoint's write-out
@@ -229,12 +235,27 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    /// Writes `bytes` at `offset` and fsyncs the segment, data and size: for a new header,
-    /// and for the zeros that prepare the segment so that later appends change no metadata.
+    /// Writes `bytes` at `offset` and fsyncs the segment, data and size: for a new segment
+    /// header.
     fn write_synced(&self, disk: &Disk, bytes: &[u8], offset: u64) -> Result<(), Error> {
         self.file
             .write_all_at(bytes, offset)
             .map_err(|e| Error::io("write", &self.path, e))?;
+        disk.sync_file_at(Step::PrepareJournal(&self.path), &self.file, &self.path)
+    }
+
+    /// Fills the segment with zeros from `from` up to `to`, a [`PREPARE_STEP`] at a time,
+    /// then fsyncs it once, data and size.
+    fn write_zeros_synced(&self, disk: &Disk, from: u64, to: u64) -> Result<(), Error> {
+        let zeros = vec![0u8; usize::try_from((to - from).min(PREPARE_STEP)).unwrap_or(0)];
+        let mut offset = from;
+        while offset < to {
+            let len = usize::try_from((to - offset).min(PREPARE_STEP)).unwrap_or(zeros.len());
+            self.file
+                .write_all_at(&zeros[..len], offset)
+                .map_err(|e| Error::io("write", &self.path, e))?;
+            offset += len as u64;
+        }
         disk.sync_file_at(Step::PrepareJournal(&self.path), &self.file, &self.path)
     }
 
@@ -451,6 +472,7 @@ impl Journal {
             written_out: 0,
         };
         journal.start_next_generation(disk)?;
+        journal.prepare_ahead(disk);
         disk.sync_dir(dir)?;
         let shared = SharedJournal {
             journal: Mutex::new(journal),
@@ -460,18 +482,12 @@ impl Journal {
 
     /// Writes `records` (encoded with the current generation) at the end of the active
     /// segment and returns that segment, for the caller to sync once it has let go of the
-    /// lock. Preparing more of the segment, when needed, costs one `fsync` per
-    /// [`PREPARE_STEP`] bytes.
+    /// lock. Growing the segment past its prepared size, should a batch cross it, costs one
+    /// `fsync` per [`PREPARE_STEP`] bytes.
     pub(crate) fn append(&mut self, disk: &Disk, records: &[u8]) -> Result<Arc<Segment>, Error> {
         let end = self.offset + records.len() as u64;
+        self.prepare(disk, self.active, end)?;
         let segment = Arc::clone(&self.segments[self.active]);
-        let prepared = self.prepared[self.active];
-        if end > prepared {
-            let target = end.div_ceil(PREPARE_STEP) * PREPARE_STEP;
-            let zeros = vec![0u8; usize::try_from(target - prepared).unwrap_or(0)];
-            segment.write_synced(disk, &zeros, prepared)?;
-            self.prepared[self.active] = target;
-        }
         segment
             .file
             .write_all_at(records, self.offset)
@@ -556,6 +572,31 @@ impl Journal {
         }
         disk.sync_filesystem(&disk.layout.queue)?;
         self.start_next_generation(disk)
+    }
+
+    /// Makes sure the first `end` bytes of segment `index` are prepared, growing it to the
+    /// next multiple of [`PREPARE_STEP`] when they are not.
+    fn prepare(&mut self, disk: &Disk, index: usize, end: u64) -> Result<(), Error> {
+        let prepared = self.prepared[index];
+        if end <= prepared {
+            return Ok(());
+        }
+        let target = end.div_ceil(PREPARE_STEP) * PREPARE_STEP;
+        self.segments[index].write_zeros_synced(disk, prepared, target)?;
+        self.prepared[index] = target;
+        Ok(())
+    }
+
+    /// Prepares both segments to their full size, so that the committer never waits for a
+    /// segment to grow: this costs a new spool one write of twice the segment size and two
+    /// `fsync`s when it is opened (reopening finds the segments prepared). A failure (a full
+    /// disk) is only logged: the segments then grow as they fill, as before.
+    fn prepare_ahead(&mut self, disk: &Disk) {
+        for index in 0..self.segments.len() {
+            if let Err(e) = self.prepare(disk, index, self.segment_size) {
+                tracing::warn!(error = %e, "cannot prepare the commit journal ahead; it grows as it fills");
+            }
+        }
     }
 
     fn start_next_generation(&mut self, disk: &Disk) -> Result<(), Error> {

@@ -324,6 +324,57 @@ fn reopening_after_a_kill_syncs_the_files_before_the_records_stop_counting() {
     assert!(!steps.0.lock().unwrap().contains(&"syncfs"));
 }
 
+/// A new spool prepares both segments to their full size when it opens, so commits never
+/// wait for a segment to grow; reopening finds them prepared and writes no zeros.
+#[test]
+fn segments_are_prepared_at_open_and_commits_never_grow_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = 2 * 1024 * 1024;
+    let options = SpoolOptions {
+        journal_segment: segment,
+        ..durable()
+    };
+    let steps = Arc::new(Steps::default());
+    let (spool, _) = Spool::open_with_faults(dir.path(), options.clone(), steps.clone()).unwrap();
+    let segment_lengths = || {
+        ["0.log", "1.log"].map(|name| {
+            fs::metadata(dir.path().join("journal").join(name))
+                .unwrap()
+                .len()
+        })
+    };
+    assert_eq!(segment_lengths(), [segment, segment]);
+    // The new generation's header, then each segment's zeros.
+    let prepared_at_open = steps
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| **s == "prepare journal")
+        .count();
+    assert_eq!(prepared_at_open, 3);
+
+    steps.0.lock().unwrap().clear();
+    let body = vec![b'z'; 30 * 1024];
+    for _ in 0..40 {
+        commit(&spool, &body);
+    }
+    assert!(!steps.0.lock().unwrap().contains(&"prepare journal"));
+    assert_eq!(segment_lengths(), [segment, segment]);
+    drop(spool);
+
+    let steps = Arc::new(Steps::default());
+    let (_spool, _) = Spool::open_with_faults(dir.path(), options, steps.clone()).unwrap();
+    let prepared_again = steps
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| **s == "prepare journal")
+        .count();
+    assert_eq!(prepared_again, 1, "only the new generation's header");
+}
+
 /// Records every fsync and rename the spool announces, with its paths.
 #[derive(Debug, Default)]
 struct FileSteps(Mutex<Vec<String>>);
