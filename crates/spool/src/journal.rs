@@ -83,6 +83,9 @@ pub(crate) const SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 /// after them change no metadata and `fdatasync` writes data only.
 const PREPARE_STEP: u64 = 1024 * 1024;
 
+/// Buffer for reading a segment's records back.
+const RECORDS_READ: usize = 256 * 1024;
+
 const MAGIC: [u8; 4] = *b"EXRJ";
 const HEADER_LEN: usize = 24;
 const ID_LEN: usize = 16;
@@ -439,11 +442,14 @@ impl Journal {
         segment_size: u64,
     ) -> Result<(Option<Arc<SharedJournal>>, Replay), Error> {
         let dir = &disk.layout.journal;
-        let (paths, contents) = read_segments(dir)?;
-        let generations = contents.each_ref().map(|c| segment_generation(c));
-        let active = active_segment(generations);
-        let (had_messages, replay) = match active.and_then(|i| contents.get(i)) {
-            Some(bytes) => replay(disk, bytes)?,
+        let Segments {
+            paths,
+            generations,
+            active,
+            records,
+        } = read_segments(dir)?;
+        let (had_messages, replay) = match active {
+            Some(_) => replay(disk, &records)?,
             None => (false, Replay::default()),
         };
         // The files of the replayed messages — restored, or found intact, perhaps only in the
@@ -612,11 +618,98 @@ impl Journal {
     }
 }
 
-/// The paths of the two segments in `dir` and their bytes (empty when a segment is missing).
-fn read_segments(dir: &Path) -> Result<([PathBuf; 2], [Vec<u8>; 2]), Error> {
+/// The two segments of a journal directory as found on disk.
+struct Segments {
+    paths: [PathBuf; 2],
+    /// The generation in each segment's header (`None`: missing or no valid header).
+    generations: [Option<u64>; 2],
+    /// The active segment, if either has a valid header.
+    active: Option<usize>,
+    /// The active segment's records (see [`read_records`]).
+    records: Vec<u8>,
+}
+
+/// Reads the headers of the two segments in `dir`, and the records of the active one only.
+fn read_segments(dir: &Path) -> Result<Segments, Error> {
     let paths = [dir.join("0.log"), dir.join("1.log")];
-    let contents = [read_if_present(&paths[0])?, read_if_present(&paths[1])?];
-    Ok((paths, contents))
+    let generations = [header_generation(&paths[0])?, header_generation(&paths[1])?];
+    let active = active_segment(generations);
+    let records = match active.and_then(|i| paths.get(i)) {
+        Some(path) => read_records(path)?,
+        None => Vec::new(),
+    };
+    Ok(Segments {
+        paths,
+        generations,
+        active,
+        records,
+    })
+}
+
+/// The generation in the header of the segment at `path`; `None` when it is missing or
+/// its first record is not a valid header.
+fn header_generation(path: &Path) -> Result<Option<u64>, Error> {
+    let Some(file) = open_if_present(path)? else {
+        return Ok(None);
+    };
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    file.take(HEADER_LEN as u64)
+        .read_to_end(&mut header)
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(segment_generation(&header))
+}
+
+/// The part of the segment at `path` that holds its records: the header and every record
+/// of the header's generation after it, up to the first that is not one — the zeros of the
+/// prepared space, an older generation's record, or a torn one (kept, for the decoder to
+/// drop). So reading a segment costs what its records take, not its prepared size.
+/// Checksums are checked by the decoder. Empty when the segment is missing.
+fn read_records(path: &Path) -> Result<Vec<u8>, Error> {
+    let Some(file) = open_if_present(path)? else {
+        return Ok(Vec::new());
+    };
+    let read_error = |e| Error::io("read", path, e);
+    let mut reader = std::io::BufReader::with_capacity(RECORDS_READ, file);
+    let mut bytes = Vec::new();
+    let mut generation = None;
+    loop {
+        let start = bytes.len();
+        let header_len = (&mut reader)
+            .take(HEADER_LEN as u64)
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
+        let Some(header) = bytes.get(start..).filter(|_| header_len == HEADER_LEN) else {
+            break;
+        };
+        let (magic, record_generation, length) = header_fields(header);
+        if magic != MAGIC || *generation.get_or_insert(record_generation) != record_generation {
+            bytes.truncate(start);
+            break;
+        }
+        let payload_len = (&mut reader)
+            .take(u64::from(length))
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
+        if payload_len as u64 != u64::from(length) {
+            break;
+        }
+    }
+    Ok(bytes)
+}
+
+/// A record header's magic, generation and payload length (`header` is [`HEADER_LEN`] long).
+fn header_fields(header: &[u8]) -> ([u8; 4], u64, u32) {
+    let mut magic = [0u8; 4];
+    let mut generation = [0u8; 8];
+    let mut length = [0u8; 4];
+    magic.copy_from_slice(&header[..4]);
+    generation.copy_from_slice(&header[8..16]);
+    length.copy_from_slice(&header[16..20]);
+    (
+        magic,
+        u64::from_le_bytes(generation),
+        u32::from_le_bytes(length),
+    )
 }
 
 /// Which segment is active, from the generations of their headers: the higher one.
@@ -658,15 +751,19 @@ pub(crate) type LiveRecord = (QueueId, Vec<u8>, Vec<u8>);
 /// Read-only, for the queue tools; empty without a journal. Some of them may also have files
 /// by now.
 pub(crate) fn read_live(dir: &Path) -> Result<(PathBuf, Vec<LiveRecord>), Error> {
-    let (paths, contents) = read_segments(dir)?;
-    let active = active_segment(contents.each_ref().map(|c| segment_generation(c)));
+    let Segments {
+        paths,
+        active,
+        records: bytes,
+        ..
+    } = read_segments(dir)?;
     let [first, second] = paths;
-    let (path, bytes) = match active {
-        Some(1) => (second, &contents[1]),
-        Some(_) => (first, &contents[0]),
+    let path = match active {
+        Some(1) => second,
+        Some(_) => first,
         None => return Ok((first, Vec::new())),
     };
-    let records = decode_segment(bytes).map_or_else(Vec::new, |(_, records)| records);
+    let records = decode_segment(&bytes).map_or_else(Vec::new, |(_, records)| records);
     let live = live_messages(&records)
         .map(|(id, envelope, content)| (id, envelope.to_vec(), content.to_vec()))
         .collect();
@@ -779,15 +876,10 @@ fn write_files(
     Ok(())
 }
 
-fn read_if_present(path: &Path) -> Result<Vec<u8>, Error> {
-    let mut bytes = Vec::new();
+fn open_if_present(path: &Path) -> Result<Option<File>, Error> {
     match File::open(path) {
-        Ok(mut file) => {
-            file.read_to_end(&mut bytes)
-                .map_err(|e| Error::io("read", path, e))?;
-            Ok(bytes)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(bytes),
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("open", path, e)),
     }
 }
@@ -889,6 +981,63 @@ mod tests {
             let (_, records) = decode_segment(&bytes).unwrap();
             assert_eq!(records.len(), 1, "{name}");
         }
+    }
+
+    #[test]
+    fn reading_a_segment_back_stops_where_its_records_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = segment(4, |out| {
+            encode_committed(out, 4, id(1), b"env", b"content");
+            encode_removed(out, 4, id(1));
+        });
+        let with = |tail: &dyn Fn(&mut Vec<u8>)| {
+            let mut bytes = records.clone();
+            tail(&mut bytes);
+            bytes
+        };
+        let huge_length = {
+            let mut header = Vec::new();
+            encode_removed(&mut header, 4, id(2));
+            header[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+            header
+        };
+        let cases: Vec<(&str, Vec<u8>, usize)> = vec![
+            (
+                "prepared zeros",
+                with(&|b| b.resize(b.len() + 4096, 0)),
+                records.len(),
+            ),
+            (
+                "older generation",
+                with(&|b| encode_removed(b, 3, id(2))),
+                records.len(),
+            ),
+            (
+                "torn record kept for the decoder",
+                with(&|b| encode_removed(b, 4, id(2)))
+                    .split_at(records.len() + 30)
+                    .0
+                    .to_vec(),
+                records.len() + 30,
+            ),
+            (
+                "length past the end",
+                with(&|b| b.extend_from_slice(&huge_length)),
+                records.len() + huge_length.len(),
+            ),
+        ];
+        for (name, bytes, expected) in cases {
+            let path = dir.path().join("segment");
+            std::fs::write(&path, &bytes).unwrap();
+            let read = read_records(&path).unwrap();
+            assert_eq!(read.len(), expected, "{name}");
+            assert_eq!(decode_segment(&read).unwrap().1.len(), 2, "{name}");
+        }
+        assert!(
+            read_records(&dir.path().join("missing"))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -335,7 +335,7 @@ fn segments_are_prepared_at_open_and_commits_never_grow_them() {
         ..durable()
     };
     let steps = Arc::new(Steps::default());
-    let (spool, _) = Spool::open_with_faults(dir.path(), options.clone(), steps.clone()).unwrap();
+    let (spool, _) = Spool::open_with_faults(dir.path(), options, steps.clone()).unwrap();
     let segment_lengths = || {
         ["0.log", "1.log"].map(|name| {
             fs::metadata(dir.path().join("journal").join(name))
