@@ -162,13 +162,13 @@ fn encode_segment_header(generation: u64) -> Vec<u8> {
 /// One record's kind, generation and payload at the start of `bytes`, with the bytes it
 /// takes; `None` when it is torn, zero, or fails its checks.
 fn decode_one(bytes: &[u8]) -> Option<(u8, u64, &[u8], usize)> {
-    let header = bytes.get(..HEADER_LEN)?;
-    if header.get(..4)? != MAGIC {
+    let header: &[u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
+    let (magic, generation, length) = header_fields(header);
+    if magic != MAGIC {
         return None;
     }
     let kind = *header.get(4)?;
-    let generation = u64::from_le_bytes(header.get(8..16)?.try_into().ok()?);
-    let length = u32::from_le_bytes(header.get(16..20)?.try_into().ok()?) as usize;
+    let length = length as usize;
     let stored_crc = u32::from_le_bytes(header.get(20..24)?.try_into().ok()?);
     let payload = bytes.get(HEADER_LEN..HEADER_LEN.checked_add(length)?)?;
     let mut crc = crc32fast::Hasher::new();
@@ -674,11 +674,14 @@ fn read_records(path: &Path) -> Result<Vec<u8>, Error> {
     let mut generation = None;
     loop {
         let start = bytes.len();
-        let header_len = (&mut reader)
+        (&mut reader)
             .take(HEADER_LEN as u64)
             .read_to_end(&mut bytes)
             .map_err(read_error)?;
-        let Some(header) = bytes.get(start..).filter(|_| header_len == HEADER_LEN) else {
+        let Some(header) = bytes
+            .get(start..)
+            .and_then(|h| <&[u8; HEADER_LEN]>::try_from(h).ok())
+        else {
             break;
         };
         let (magic, record_generation, length) = header_fields(header);
@@ -697,8 +700,8 @@ fn read_records(path: &Path) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
-/// A record header's magic, generation and payload length (`header` is [`HEADER_LEN`] long).
-fn header_fields(header: &[u8]) -> ([u8; 4], u64, u32) {
+/// A record header's magic, generation and payload length.
+fn header_fields(header: &[u8; HEADER_LEN]) -> ([u8; 4], u64, u32) {
     let mut magic = [0u8; 4];
     let mut generation = [0u8; 8];
     let mut length = [0u8; 4];
