@@ -295,6 +295,18 @@ impl FaultInjector for Steps {
     }
 }
 
+impl Steps {
+    /// How many steps of kind `name` were seen.
+    fn count(&self, name: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| **s == name)
+            .count()
+    }
+}
+
 /// After a `kill -9` the files of the journaled messages may be only in the page cache:
 /// opening syncs them before a new generation makes their records obsolete.
 #[test]
@@ -345,34 +357,24 @@ fn segments_are_prepared_at_open_and_commits_never_grow_them() {
     };
     assert_eq!(segment_lengths(), [segment, segment]);
     // The new generation's header, then each segment's zeros.
-    let prepared_at_open = steps
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|s| **s == "prepare journal")
-        .count();
-    assert_eq!(prepared_at_open, 3);
+    assert_eq!(steps.count("prepare journal"), 3);
 
     steps.0.lock().unwrap().clear();
     let body = vec![b'z'; 30 * 1024];
     for _ in 0..40 {
         commit(&spool, &body);
     }
-    assert!(!steps.0.lock().unwrap().contains(&"prepare journal"));
+    assert_eq!(steps.count("prepare journal"), 0);
     assert_eq!(segment_lengths(), [segment, segment]);
     drop(spool);
 
     let steps = Arc::new(Steps::default());
     let (_spool, _) = Spool::open_with_faults(dir.path(), options, steps.clone()).unwrap();
-    let prepared_again = steps
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|s| **s == "prepare journal")
-        .count();
-    assert_eq!(prepared_again, 1, "only the new generation's header");
+    assert_eq!(
+        steps.count("prepare journal"),
+        1,
+        "the new generation's header only"
+    );
 }
 
 /// Records every fsync and rename the spool announces, with its paths.
