@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use smtp::{Output, Reply, Session, Transaction};
 use spool::{Durable, Envelope, MessageWriter, Spool};
@@ -272,11 +272,15 @@ where
             Output::MessageBegin(transaction) => {
                 // The client waits for the reply to DATA (or its BDAT chunk is not read) while
                 // the queue is too far behind. Replies to what it pipelined before (the last
-                // message's 250 among them) go out first, not after the pause.
-                if ctx.queue.backlogged() {
+                // message's 250 among them) go out first, not after the pause: a session only
+                // waits after it has flushed (a backlog that builds up in between is simply not
+                // waited for this time).
+                let paused = if ctx.queue.backlogged() {
                     flush_replies(stream, &mut replies).await?;
-                }
-                let paused = ctx.queue.admit().await;
+                    ctx.queue.admit().await
+                } else {
+                    Duration::ZERO
+                };
                 if !paused.is_zero() {
                     debug!(
                         session = peer.session_id,
