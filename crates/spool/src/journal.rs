@@ -445,13 +445,9 @@ impl Journal {
         let Segments {
             paths,
             generations,
-            active,
             records,
         } = read_segments(dir)?;
-        let (had_messages, replay) = match active {
-            Some(_) => replay(disk, &records)?,
-            None => (false, Replay::default()),
-        };
+        let (had_messages, replay) = replay(disk, &records)?;
         // The files of the replayed messages — restored, or found intact, perhaps only in the
         // page cache after a kill — must be on disk before their records stop counting.
         if had_messages {
@@ -470,7 +466,7 @@ impl Journal {
         let mut journal = Journal {
             segments: segments.map(Arc::new),
             prepared,
-            active: active.unwrap_or(1),
+            active: active_segment(generations).unwrap_or(1),
             generation: newest,
             offset: 0,
             segment_size: segment_size.max(HEADER_LEN as u64),
@@ -623,9 +619,8 @@ struct Segments {
     paths: [PathBuf; 2],
     /// The generation in each segment's header (`None`: missing or no valid header).
     generations: [Option<u64>; 2],
-    /// The active segment, if either has a valid header.
-    active: Option<usize>,
-    /// The active segment's records (see [`read_records`]).
+    /// The records of the active segment (see [`read_records`]); empty when neither segment
+    /// has a valid header.
     records: Vec<u8>,
 }
 
@@ -641,7 +636,6 @@ fn read_segments(dir: &Path) -> Result<Segments, Error> {
     Ok(Segments {
         paths,
         generations,
-        active,
         records,
     })
 }
@@ -756,12 +750,11 @@ pub(crate) type LiveRecord = (QueueId, Vec<u8>, Vec<u8>);
 pub(crate) fn read_live(dir: &Path) -> Result<(PathBuf, Vec<LiveRecord>), Error> {
     let Segments {
         paths,
-        active,
+        generations,
         records: bytes,
-        ..
     } = read_segments(dir)?;
     let [first, second] = paths;
-    let path = match active {
+    let path = match active_segment(generations) {
         Some(1) => second,
         Some(_) => first,
         None => return Ok((first, Vec::new())),
