@@ -147,10 +147,17 @@ impl SpoolReader {
     }
 
     /// The content of message `id`: its content file, or its journal record when it has no
-    /// files yet.
+    /// files yet. [`Error::NotFound`] when it has neither (delivered or removed, perhaps while
+    /// the daemon runs), as for [`SpoolReader::show`].
     pub fn read_content(&self, id: QueueId) -> Result<Vec<u8>, Error> {
         match self.find_content(id)? {
-            Found::File(path) => fs::read(&path).map_err(|e| Error::io("read", &path, e)),
+            Found::File(path) => match fs::read(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::NotFound {
+                    id,
+                    dir: self.layout.root.clone(),
+                }),
+                read => read.map_err(|e| Error::io("read", &path, e)),
+            },
             Found::Record { content, .. } => Ok(content),
         }
     }

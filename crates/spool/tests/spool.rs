@@ -408,6 +408,12 @@ fn reader_works_while_the_daemon_holds_the_lock_and_changes_nothing() {
     ));
     assert_eq!(reader.read_content(a.id).unwrap(), b"first");
     assert_eq!(reader.read_content(b.id).unwrap(), b"second");
+    // A message that is gone (never there, or delivered while the daemon runs) is NotFound,
+    // as for `show`.
+    assert!(matches!(
+        reader.read_content(QueueId::generate()),
+        Err(Error::NotFound { .. })
+    ));
     assert_eq!(
         reader.corrupt().unwrap(),
         [dir.path().join("corrupt/old.env")]

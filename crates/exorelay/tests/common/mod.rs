@@ -256,7 +256,9 @@ impl Drop for Exosim {
     }
 }
 
-/// The messages in a spool's queue (not held ones), oldest first, with content.
+/// The messages in a spool's queue (not held ones), oldest first, with content. With the
+/// relay running, a message delivered between the listing and the read of its content is no
+/// longer queued and is left out.
 pub fn queued_messages(spool_dir: &Path) -> Vec<(spool::Envelope, Vec<u8>)> {
     let reader = spool::SpoolReader::open(spool_dir).unwrap();
     reader
@@ -264,10 +266,13 @@ pub fn queued_messages(spool_dir: &Path) -> Vec<(spool::Envelope, Vec<u8>)> {
         .unwrap()
         .into_iter()
         .filter(|entry| !entry.held)
-        .map(|entry| {
+        .filter_map(|entry| {
             let envelope = entry.envelope.expect("readable envelope");
-            let content = reader.read_content(envelope.id).unwrap();
-            (envelope, content)
+            match reader.read_content(envelope.id) {
+                Ok(content) => Some((envelope, content)),
+                Err(spool::Error::NotFound { .. }) => None,
+                Err(e) => panic!("{}: {e}", envelope.id),
+            }
         })
         .collect()
 }
