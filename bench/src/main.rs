@@ -14,6 +14,7 @@
 //! point for humans is `bench/relay-vs-postfix.sh`.
 
 mod extra;
+mod lean;
 mod relay;
 mod sink;
 
@@ -53,6 +54,18 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// Runs the lean durable reference relay (the `lean` side) in the foreground, until killed.
+    Lean {
+        /// Its port on 127.0.0.1.
+        #[arg(long)]
+        port: u16,
+        /// The sink's port on 127.0.0.1.
+        #[arg(long)]
+        upstream_port: u16,
+        /// Its journal file (created, 64 MiB).
+        #[arg(long)]
+        journal: PathBuf,
+    },
     /// Fills a spool directory with COUNT queued 1 KiB messages (deferred, due in an hour).
     MakeSpool {
         /// The spool directory (created).
@@ -83,7 +96,8 @@ struct RunArgs {
     #[arg(long)]
     only: Option<String>,
     /// Only these sides, comma-separated: direct,exorelay,postfix (for investigation; the
-    /// published tables need all three).
+    /// published tables need all three), and `lean`, the lean durable reference relay (its
+    /// own table).
     #[arg(long, default_value = "direct,exorelay,postfix")]
     sides: String,
     /// Skip the throughput matrix.
@@ -127,6 +141,7 @@ impl Workload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Direct,
+    Lean,
     Exorelay,
     Postfix,
 }
@@ -135,6 +150,7 @@ impl Side {
     fn name(self) -> &'static str {
         match self {
             Side::Direct => "direct",
+            Side::Lean => "lean",
             Side::Exorelay => "exorelay",
             Side::Postfix => "postfix",
         }
@@ -169,6 +185,11 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Lean {
+            port,
+            upstream_port,
+            journal,
+        } => lean::Lean::bind(port, upstream_port, &journal)?.run(),
         Cmd::MakeSpool { dir, count } => {
             let started = Instant::now();
             extra::make_spool(&dir, count)?;
@@ -283,8 +304,10 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         for wl in &list {
             let mut samples: Vec<(Side, Result<Sample, String>)> = Vec::new();
             for rep in 0..args.reps {
-                for side in [Side::Direct, Side::Exorelay, Side::Postfix] {
-                    if !args.sides.split(',').any(|s| s.trim() == side.name()) {
+                for side in [Side::Direct, Side::Lean, Side::Exorelay, Side::Postfix] {
+                    if !args.sides.split(',').any(|s| s.trim() == side.name())
+                        || (side == Side::Lean && wl.tls)
+                    {
                         continue;
                     }
                     run_no += 1;
@@ -369,8 +392,15 @@ fn measure(
 ) -> anyhow::Result<Sample> {
     let mut exo = None;
     let mut pfx = None;
+    let mut lean = None;
     let (port, pid, tree) = match side {
         Side::Direct => (sink.port, 0, false),
+        Side::Lean => {
+            let l = lean::LeanProcess::start(dir, sink.port)?;
+            let (port, pid) = (l.port, l.pid());
+            lean = Some(l);
+            (port, pid, false)
+        }
         Side::Exorelay => {
             let extra = ExoExtra {
                 upstream_ca: wl.tls.then(|| ca_file.to_owned()),
@@ -409,6 +439,9 @@ fn measure(
             eprintln!("---- exorelay log tail ----\n{}", tail(&r.log(), 20));
         }
         r.stop();
+    }
+    if let Some(mut l) = lean {
+        l.stop();
     }
     if let Some(mut p) = pfx {
         if result.is_err() {
@@ -572,6 +605,19 @@ fn fmt_rate(s: &Summary) -> String {
     }
 }
 
+/// `a` as a whole percentage of `b`, or `-` when either is missing.
+fn percent(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{:.0} %", 100.0 * a / b),
+        _ => "-".into(),
+    }
+}
+
+/// A value rounded to a whole number, or `-` when missing.
+fn rounded(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0}"))
+}
+
 fn tables(results: &Results, reps: usize) -> String {
     let mut out = String::new();
     // (reuse, tls, title, header of the direct column, note after the common explanation)
@@ -640,10 +686,7 @@ fn tables(results: &Results, reps: usize) -> String {
                 (Some(a), Some(b)) => format!("{:.2}", a / b),
                 _ => "-".into(),
             };
-            let pct = match (e.rate, d.rate) {
-                (Some(a), Some(b)) => format!("{:.0} %", 100.0 * a / b),
-                _ => "-".into(),
-            };
+            let pct = percent(e.rate, d.rate);
             let mib = |k: Option<u64>, p: Option<u64>| match (k, p) {
                 (Some(k), Some(p)) => {
                     format!("{:.0} ({:.0})", k as f64 / 1024.0, p as f64 / 1024.0)
@@ -651,7 +694,6 @@ fn tables(results: &Results, reps: usize) -> String {
                 _ => "-".into(),
             };
             let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.2}"));
-            let rounded = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {}/{} |",
@@ -673,6 +715,52 @@ fn tables(results: &Results, reps: usize) -> String {
                 rounded(p.conns),
             );
         }
+    }
+    out.push_str(&lean_table(results, reps));
+    out
+}
+
+/// The table of the lean durable reference relay against `direct` and exorelay, when the run
+/// had the `lean` side (empty otherwise).
+fn lean_table(results: &Results, reps: usize) -> String {
+    let rows: Vec<_> = results
+        .iter()
+        .filter(|(_, samples)| samples.iter().any(|(side, _)| *side == Side::Lean))
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n### Reference: a lean durable relay\n\nMedian of {reps} runs each, as above. lean = \
+         `relay-bench lean`: receive, journal with group commit (`fdatasync` before `250`), \
+         forward in one flight, nothing else (no queue, logs, checks or recovery). CPU = median \
+         CPU time per message of each relay.\n\n\
+         | size | sessions | connections | direct msg/s | lean msg/s | exorelay msg/s | lean % direct | exorelay % direct | exorelay % lean | CPU µs/msg lean/exo |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for (wl, samples) in rows {
+        let d = summary(wl, samples, Side::Direct);
+        let l = summary(wl, samples, Side::Lean);
+        let e = summary(wl, samples, Side::Exorelay);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |",
+            size_label(wl.size),
+            wl.sessions,
+            if wl.reuse {
+                "reused"
+            } else {
+                "one per message"
+            },
+            fmt_rate(&d),
+            fmt_rate(&l),
+            fmt_rate(&e),
+            percent(l.rate, d.rate),
+            percent(e.rate, d.rate),
+            percent(e.rate, l.rate),
+            rounded(l.cpu_us),
+            rounded(e.cpu_us),
+        );
     }
     out
 }
