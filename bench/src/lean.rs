@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 /// Size of the journal file, prepared (zero-filled and synced) before the first message, so
 /// appends change no metadata; appends wrap to the start when they reach its end.
-const JOURNAL_SIZE: u64 = 64 << 20;
+const JOURNAL_SIZE: u64 = 16 << 20;
 /// Longest command line, and longest reply line read from the sink.
 const MAX_LINE: usize = 4096;
 /// Largest message accepted (the matrix's largest is 1 MiB).

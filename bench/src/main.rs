@@ -62,7 +62,7 @@ enum Cmd {
         /// The sink's port on 127.0.0.1.
         #[arg(long)]
         upstream_port: u16,
-        /// Its journal file (created, 64 MiB).
+        /// Its journal file (created, 16 MiB).
         #[arg(long)]
         journal: PathBuf,
     },
