@@ -33,7 +33,10 @@ pub enum ReplyError {
 pub struct ReplyParser {
     code: Option<u16>,
     enhanced: Option<EnhancedCode>,
-    lines: Vec<String>,
+    /// The text of the lines so far, joined with `'\n'`.
+    text: String,
+    /// How many lines so far.
+    lines: usize,
 }
 
 impl ReplyParser {
@@ -55,8 +58,9 @@ impl ReplyParser {
             if end + 2 > MAX_SERVER_LINE {
                 return Err(ReplyError::LineTooLong);
             }
-            let line: Vec<u8> = input.drain(..end + 2).take(end).collect();
-            if let Some(reply) = self.line(&line)? {
+            let reply = self.line(input.get(..end).unwrap_or_default());
+            input.drain(..end + 2);
+            if let Some(reply) = reply? {
                 return Ok(Some(reply));
             }
         }
@@ -81,7 +85,7 @@ impl ReplyParser {
             Some((b'-', text)) => (false, text),
             Some(_) => return Err(malformed()),
         };
-        if self.lines.len() >= MAX_SERVER_LINES {
+        if self.lines >= MAX_SERVER_LINES {
             return Err(ReplyError::TooManyLines);
         }
         let text = String::from_utf8_lossy(text);
@@ -90,11 +94,15 @@ impl ReplyParser {
             self.enhanced = enhanced;
         }
         self.code = Some(code);
-        self.lines.push(text.to_string());
+        if self.lines > 0 {
+            self.text.push('\n');
+        }
+        self.text.push_str(text);
+        self.lines += 1;
         if !last {
             return Ok(None);
         }
-        let reply = Reply::new(code, self.enhanced, self.lines.join("\n"));
+        let reply = Reply::new(code, self.enhanced, std::mem::take(&mut self.text));
         *self = ReplyParser::default();
         Ok(Some(reply))
     }

@@ -214,6 +214,15 @@ impl ContentChecker {
         }
     }
 
+    /// Reserves room in the piece for up to `available` more octets (at most a full piece),
+    /// so that a piece grows once per input rather than doubling octet by octet.
+    fn make_room(&mut self, available: usize) {
+        if self.rejected.is_none() {
+            let room = MAX_PIECE.saturating_sub(self.piece.len());
+            self.piece.reserve(available.min(room));
+        }
+    }
+
     fn piece_full(&self) -> bool {
         self.piece.len() >= MAX_PIECE
     }
@@ -296,6 +305,7 @@ impl DataDecoder {
                 None => DataEvent::End(outcome.clone()),
             };
         }
+        self.checker.make_room(input.len());
         let mut consumed = 0;
         while let Some(rest) = input.get(consumed..).filter(|r| !r.is_empty()) {
             let run = if self.state == DotState::Text {
@@ -420,6 +430,7 @@ impl BdatDecoder {
     pub fn decode(&mut self, input: &mut Vec<u8>) -> BdatEvent {
         let available = u64::try_from(input.len()).unwrap_or(u64::MAX);
         let wanted = usize::try_from(self.remaining.min(available)).unwrap_or(input.len());
+        self.checker.make_room(wanted);
         let mut consumed = 0;
         while let Some(rest) = input.get(consumed..wanted).filter(|r| !r.is_empty()) {
             let run = self.checker.plain_run(rest);

@@ -34,6 +34,12 @@ impl EnhancedCode {
             detail,
         }
     }
+
+    /// Octets of `class.subject.detail` as written.
+    fn wire_len(self) -> usize {
+        let digits = |n: u16| n.checked_ilog10().map_or(1, |l| l as usize + 1);
+        digits(u16::from(self.class)) + 1 + digits(self.subject) + 1 + digits(self.detail)
+    }
 }
 
 impl fmt::Display for EnhancedCode {
@@ -68,7 +74,12 @@ impl Reply {
         } else {
             451
         };
-        let text = text.into().split('\n').map(sanitise_line).collect();
+        let text: String = text.into();
+        let text = if is_wire_safe(&text) {
+            vec![text]
+        } else {
+            text.split('\n').map(sanitise_line).collect()
+        };
         Reply {
             code,
             enhanced,
@@ -123,21 +134,25 @@ impl Reply {
     /// line ending in CRLF and no longer than 512 octets (RFC 5321 §4.5.3.1.5);
     /// longer text is split over several lines.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let prefix_len = 4 + self.enhanced.map_or(0, |e| e.to_string().len() + 1);
+        use std::io::Write as _;
+        let prefix_len = 4 + self.enhanced.map_or(0, |e| e.wire_len() + 1);
         let room = MAX_REPLY_LINE.saturating_sub(prefix_len + 2).max(1);
-        let pieces: Vec<&str> = self
+        let mut pieces = self
             .text
             .iter()
             .flat_map(|line| split_for_wire(line, room))
-            .collect();
-        let last = pieces.len().saturating_sub(1);
-        for (index, piece) in pieces.iter().enumerate() {
-            let separator = if index == last { ' ' } else { '-' };
-            let line = match self.enhanced {
-                Some(e) => format!("{}{separator}{e} {piece}", self.code),
-                None => format!("{}{separator}{piece}", self.code),
+            .peekable();
+        while let Some(piece) = pieces.next() {
+            let separator = if pieces.peek().is_none() { ' ' } else { '-' };
+            let start = out.len();
+            // Writing into a Vec cannot fail.
+            let _ = match self.enhanced {
+                Some(e) => write!(out, "{}{separator}{e} {piece}", self.code),
+                None => write!(out, "{}{separator}{piece}", self.code),
             };
-            out.extend_from_slice(line.trim_end().as_bytes());
+            while out.len() > start && out.last() == Some(&b' ') {
+                out.pop();
+            }
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -162,32 +177,44 @@ fn sanitise_line(line: &str) -> String {
         .collect()
 }
 
+/// Whether `text` is one line of printable ASCII and spaces, which
+/// [`sanitise_line`] would leave as it is.
+fn is_wire_safe(text: &str) -> bool {
+    text.bytes().all(|b| (b' '..=b'~').contains(&b))
+}
+
 /// Splits one sanitised (hence ASCII) line into pieces of at most `room`
 /// octets, preferring to break at a space.
-fn split_for_wire(line: &str, room: usize) -> Vec<&str> {
-    let mut pieces = Vec::new();
-    let mut rest = line;
-    while rest.len() > room {
-        let window = rest.get(..room).unwrap_or(rest);
+fn split_for_wire(line: &str, room: usize) -> impl Iterator<Item = &str> {
+    let mut rest = Some(line);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        if current.len() <= room {
+            rest = None;
+            return Some(current);
+        }
+        let window = current.get(..room).unwrap_or(current);
         let cut = match window.rfind(' ') {
             Some(space) if space > 0 => space,
             _ => room,
         };
-        let (head, tail) = rest.split_at_checked(cut).unwrap_or((rest, ""));
-        pieces.push(head);
-        rest = tail.strip_prefix(' ').unwrap_or(tail);
-    }
-    pieces.push(rest);
-    pieces
+        let (head, tail) = current.split_at_checked(cut).unwrap_or((current, ""));
+        rest = Some(tail.strip_prefix(' ').unwrap_or(tail));
+        Some(head)
+    })
 }
 
 impl fmt::Display for Reply {
     /// The single-line form for logs: `550 5.7.1 relaying denied`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.enhanced {
-            Some(e) => write!(f, "{} {} {}", self.code, e, self.text()),
-            None => write!(f, "{} {}", self.code, self.text()),
+        write!(f, "{}", self.code)?;
+        if let Some(e) = self.enhanced {
+            write!(f, " {e}")?;
         }
+        for line in &self.text {
+            write!(f, " {line}")?;
+        }
+        Ok(())
     }
 }
 
@@ -625,6 +652,21 @@ mod tests {
         ];
         for (reply, wire) in table {
             assert_eq!(reply.to_bytes(), wire, "{reply}");
+        }
+    }
+
+    #[test]
+    fn enhanced_code_length_matches_its_text() {
+        for code in [
+            enh(2, 0, 0),
+            enh(5, 7, 64),
+            enh(4, 10, 100),
+            enh(5, 999, 65535),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert_eq!(code.wire_len(), code.to_string().len(), "{code}");
         }
     }
 
