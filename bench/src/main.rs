@@ -8,7 +8,9 @@
 //! production); smtp-source → relay, and `direct`, stay plaintext. The time measured runs from
 //! starting smtp-source until the sink has received every message. Medians, the exorelay/Postfix
 //! throughput ratio and exorelay's share of the ceiling are printed as Markdown tables, followed
-//! by the memory and start-up measurements (`extra`).
+//! by the memory and start-up measurements (`extra`). With `--sides direct,lean,exorelay,postfix`
+//! a fourth side, `lean` (a lean durable reference relay, `lean.rs`), runs in the plaintext
+//! workloads too, and its own table compares it with `direct` and exorelay.
 //!
 //! Every loop is bounded in count and time; everything listens on 127.0.0.1 only. The entry
 //! point for humans is `bench/relay-vs-postfix.sh`.
