@@ -10,8 +10,9 @@
 # started fresh on a fresh queue directory. Markdown tables go to stdout and to
 # bench/results/<date>.md; progress to stderr. The full run (matrix with its STARTTLS rows,
 # relay → sink over TLS, and the memory and start-up measurements) takes about 11 minutes on 2
-# cores, --quick (no TLS rows) about 2 minutes. Everything listens on 127.0.0.1 only; nothing
-# touches a system Postfix.
+# cores, --quick (no TLS rows) about 2 minutes. `--sides direct,lean,exorelay,postfix` adds a
+# lean durable reference relay (relay-bench lean) and its own table (docs/PERFORMANCE.md,
+# session 7). Everything listens on 127.0.0.1 only; nothing touches a system Postfix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
