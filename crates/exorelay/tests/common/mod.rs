@@ -674,6 +674,10 @@ pub fn queue_id_of(reply: &str) -> String {
 /// outside its directory.
 pub const POSTFIX_MASTER_CF: &str = include_str!("../../../../bench/postfix-master.cf");
 
+/// The basics of a private Postfix instance's `main.cf` (its directories, log, loopback IPv4);
+/// `{ROOT}` is the instance's directory.
+pub const POSTFIX_MAIN_CF: &str = include_str!("../../../../bench/postfix-main.cf");
+
 /// A private Postfix instance in a temporary directory (own `main.cf`, queue, data directory
 /// and `maillog_file`), stopped when dropped; its log is printed if the test failed.
 pub struct PrivatePostfix {
@@ -717,26 +721,8 @@ impl PrivatePostfix {
         assert!(chown.success(), "chown postfix {}", data_dir.display());
         let log_file = root.join("maillog");
         let smtpd = format!("127.0.0.1:{}", free_port());
-        let main_cf = format!(
-            "compatibility_level = 3.6\n\
-             queue_directory = {queue}\n\
-             data_directory = {data}\n\
-             maillog_file = {log}\n\
-             maillog_file_prefixes = {root}\n\
-             import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C\n\
-             inet_interfaces = 127.0.0.1\n\
-             inet_protocols = ipv4\n\
-             myhostname = {myhostname}\n\
-             mynetworks = 127.0.0.0/8\n\
-             alias_maps =\n\
-             alias_database =\n\
-             {extra}\n",
-            queue = root.join("queue").display(),
-            data = data_dir.display(),
-            log = log_file.display(),
-            root = root.display(),
-            extra = extra_main_cf.replace("{ROOT}", &root.display().to_string()),
-        );
+        let main_cf = format!("{POSTFIX_MAIN_CF}myhostname = {myhostname}\n{extra_main_cf}\n")
+            .replace("{ROOT}", &root.display().to_string());
         std::fs::write(config_dir.join("main.cf"), main_cf).unwrap();
         std::fs::write(
             config_dir.join("master.cf"),
