@@ -1,7 +1,7 @@
 //! `lean`: the least a durable store-and-forward relay can do, as a reference side for the
 //! matrix (`--sides direct,lean,exorelay`). It shows what the machine allows any relay that
 //! acknowledges a message only once it is on disk, so exorelay's share of `direct` can be read
-//! against it (docs/PERFORMANCE.md, "A lean durable relay as a reference").
+//! against it (docs/PERFORMANCE.md, "Session 7: a lean durable relay as the yardstick").
 //!
 //! Per message it does only what every such relay must: read the SMTP dialogue (MAIL, RCPT,
 //! DATA; one recipient kept, no checks), append the envelope and content to a preallocated
@@ -26,7 +26,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 /// Size of the journal file, prepared (zero-filled and synced) before the first message, so
-/// appends change no metadata; appends wrap to the start when they reach its end.
+/// appends change no metadata; appends wrap to the start when they reach its end (only a
+/// single batch larger than the file, of many large messages, extends it).
 const JOURNAL_SIZE: u64 = 16 << 20;
 /// Longest command line, and longest reply line read from the sink.
 const MAX_LINE: usize = 4096;
