@@ -74,7 +74,8 @@ struct ContentChecker {
     line_len: usize,
     /// Still in the header section (before the first empty line).
     in_headers: bool,
-    /// The first octets of the current line, to spot `Received:`.
+    /// The first octets of the current line, to spot `Received:`. Only read in the header
+    /// section, so runs of plain text in the body may leave it stale.
     prefix: [u8; 9],
     received: usize,
     /// Content octets seen, acceptable or not.
@@ -177,11 +178,13 @@ impl ContentChecker {
     }
 
     /// How many octets at the start of `bytes` are plain text that [`Self::push_plain`] may
-    /// take in one go: inside a line whose `Received:` prefix is already decided, no CR, LF,
-    /// NUL or undeclared 8-bit octet, within the line, size and piece limits. Zero when the
-    /// byte-by-byte path must decide.
+    /// take in one go: no CR, LF, NUL or undeclared 8-bit octet, within the line, size and
+    /// piece limits, and not the first octets of a header line (which may be `Received:`).
+    /// Zero when the byte-by-byte path must decide. The search for the octets that end a run
+    /// is vectorised (`memchr`), as most content is long runs of plain text.
     fn plain_run(&self, bytes: &[u8]) -> usize {
-        if self.pending_cr || self.line_len < self.prefix.len() {
+        let prefix_pending = self.in_headers && self.line_len < self.prefix.len();
+        if self.pending_cr || prefix_pending {
             return 0;
         }
         let line_room = self
@@ -196,13 +199,14 @@ impl ContentChecker {
             .min(line_room)
             .min(usize::try_from(size_room).unwrap_or(usize::MAX))
             .min(piece_room);
-        let eight_bit = self.limits.eight_bit_allowed;
-        bytes
-            .get(..max)
-            .unwrap_or_default()
-            .iter()
-            .position(|&b| b == b'\r' || b == b'\n' || b == 0 || (b >= 0x80 && !eight_bit))
-            .unwrap_or(max)
+        let window = bytes.get(..max).unwrap_or_default();
+        let end = memchr::memchr3(b'\r', b'\n', 0, window).unwrap_or(window.len());
+        let text = window.get(..end).unwrap_or_default();
+        if self.limits.eight_bit_allowed || text.is_ascii() {
+            end
+        } else {
+            text.iter().position(|&b| b >= 0x80).unwrap_or(end)
+        }
     }
 
     /// Takes a run that [`Self::plain_run`] measured: the same effect as pushing each octet.
@@ -308,13 +312,16 @@ impl DataDecoder {
         self.checker.make_room(input.len());
         let mut consumed = 0;
         while let Some(rest) = input.get(consumed..).filter(|r| !r.is_empty()) {
-            let run = if self.state == DotState::Text {
-                self.checker.plain_run(rest)
-            } else {
-                0
+            let run = match self.state {
+                DotState::Text | DotState::Dot => self.checker.plain_run(rest),
+                DotState::LineStart if rest.first() != Some(&b'.') => self.checker.plain_run(rest),
+                _ => 0,
             };
             if let Some(plain) = rest.get(..run).filter(|p| !p.is_empty()) {
+                // Plain text at a line start, after a stuffing dot (dropped), or inside a
+                // line: the line goes on as text.
                 self.checker.push_plain(plain);
+                self.state = DotState::Text;
                 consumed += run;
             } else if let Some(&b) = rest.first() {
                 consumed += 1;

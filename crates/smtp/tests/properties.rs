@@ -1,5 +1,5 @@
 //! Property tests (proptest) over the public API: the DATA decoder against a
-//! reference automaton, stuffing round trips, the command parser and control
+//! reference automaton and a reference of its content checks, stuffing round trips, the command parser and control
 //! characters, and a whole session on arbitrary bytes.
 
 // Test code: a failed unwrap is a failed test.
@@ -67,6 +67,77 @@ fn decode_split(
         }
     }
     (content, None, buffer)
+}
+
+/// Text lines for the content checks: runs of plain text, dots, NUL, 8-bit octets and
+/// `Received:` prefixes in either case, no CR or LF (the lines get CRLF on the wire).
+fn checked_lines() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    let part = prop_oneof![
+        4 => prop::sample::select(vec![
+            &b"a"[..], b" ", b".", b"plain text of some length ", b"Received:", b"rECEIVED: x",
+            b"Subject: y", b"\0", b"\xc3\xa9",
+        ]).prop_map(<[u8]>::to_vec),
+        1 => any::<u8>().prop_filter("no line breaks", |b| !matches!(b, b'\r' | b'\n')).prop_map(|b| vec![b]),
+    ];
+    let line = prop::collection::vec(part, 0..12).prop_map(|parts| parts.concat());
+    prop::collection::vec(line, 0..30)
+}
+
+/// Limits small enough for the generated lines to reach each of them.
+fn checked_limits() -> impl Strategy<Value = DataLimits> {
+    (1u64..1500, 0usize..4, any::<bool>(), 3usize..120).prop_map(
+        |(max_size, max_received_headers, eight_bit_allowed, max_line)| DataLimits {
+            max_size,
+            max_received_headers,
+            eight_bit_allowed,
+            max_line,
+        },
+    )
+}
+
+/// The reference of the content checks, octet by octet: the first violation decides the
+/// reply. Within one octet: NUL or undeclared 8-bit, then a `Received:` header over the
+/// limit (decided at the ninth octet of a header line), then the line length, then the size.
+fn reference_outcome(lines: &[Vec<u8>], limits: &DataLimits) -> DataOutcome {
+    let mut size = 0u64;
+    let mut in_headers = true;
+    let mut received = 0;
+    let mut first = None;
+    let mut violation = |reply: Reply| {
+        first.get_or_insert(reply);
+    };
+    for line in lines {
+        for (at, &b) in line.iter().enumerate() {
+            if b == 0 {
+                violation(Reply::nul_in_data());
+            } else if b >= 0x80 && !limits.eight_bit_allowed {
+                violation(Reply::not_declared_8bit());
+            }
+            if at == 8 && in_headers && line[..9].eq_ignore_ascii_case(b"received:") {
+                received += 1;
+                if received > limits.max_received_headers {
+                    violation(Reply::loop_detected());
+                }
+            }
+            if at + 1 + 2 > limits.max_line {
+                violation(Reply::data_line_too_long());
+            }
+            size += 1;
+            if size > limits.max_size {
+                violation(Reply::message_too_big(limits.max_size));
+            }
+        }
+        for _ in b"\r\n" {
+            size += 1;
+            if size > limits.max_size {
+                violation(Reply::message_too_big(limits.max_size));
+            }
+        }
+        if line.is_empty() {
+            in_headers = false;
+        }
+    }
+    first.map_or(DataOutcome::Ok, DataOutcome::Rejected)
 }
 
 /// Accepts every sender and recipient.
@@ -217,6 +288,32 @@ proptest! {
         prop_assert_eq!(outcome, Some(DataOutcome::Ok));
         prop_assert_eq!(decoded, content);
         prop_assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn content_checks_agree_with_reference(
+        lines in checked_lines(),
+        limits in checked_limits(),
+        split in 0usize..2000,
+    ) {
+        // Stuffed by hand: `dot_stuff` repairs NUL and line endings, which are to be checked here.
+        let content: Vec<u8> = lines.iter().flat_map(|l| l.iter().copied().chain(*b"\r\n")).collect();
+        let mut wire = Vec::new();
+        for line in &lines {
+            if line.first() == Some(&b'.') {
+                wire.push(b'.');
+            }
+            wire.extend_from_slice(line);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b".\r\n");
+        let (decoded, outcome, rest) = decode_split(limits.clone(), &wire, split);
+        let expected = reference_outcome(&lines, &limits);
+        prop_assert_eq!(outcome.as_ref(), Some(&expected));
+        prop_assert!(rest.is_empty());
+        if expected == DataOutcome::Ok {
+            prop_assert_eq!(decoded, content);
+        }
     }
 
     #[test]
