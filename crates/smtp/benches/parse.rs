@@ -1,6 +1,7 @@
-//! Micro-benchmarks of the hot pure code on the receiving side: command parsing and DATA / BDAT
-//! decoding (`cargo bench -p smtp --bench parse`). Throughput is reported in bytes per second
-//! so a decoder's cost can be compared with the sink's and the disk's (docs/PERFORMANCE.md).
+//! Micro-benchmarks of the hot pure code: command parsing and DATA / BDAT decoding on the
+//! receiving side, dot-stuffing on the sending side (`cargo bench -p smtp --bench parse`).
+//! Throughput is reported in bytes per second so a decoder's cost can be compared with the
+//! sink's and the disk's (docs/PERFORMANCE.md).
 #![allow(missing_docs)] // benchmark functions are not API
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark set-up
 
@@ -130,5 +131,16 @@ fn bdat_decode(bencher: Bencher, size: usize) {
             BdatEvent::ChunkEnd => Step::End,
             BdatEvent::NeedInput => Step::NeedInput,
         })
+    });
+}
+
+/// Dot-stuffing the same content for an upstream without CHUNKING (the DATA wire form).
+#[divan::bench(args = SIZES)]
+fn dot_stuff(bencher: Bencher, size: usize) {
+    let content = wire_message(size);
+    bencher.counter(BytesCount::new(content.len())).bench(|| {
+        let mut out = Vec::new();
+        smtp::dot_stuff(divan::black_box(&content), &mut out);
+        out.len()
     });
 }

@@ -49,9 +49,7 @@ impl DotStuffer {
             let run = if self.at_line_start {
                 0
             } else {
-                rest.iter()
-                    .position(|&b| matches!(b, b'\r' | b'\n' | 0))
-                    .unwrap_or(rest.len())
+                memchr::memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len())
             };
             let (plain, tail) = rest.split_at(run);
             out.extend_from_slice(plain);
