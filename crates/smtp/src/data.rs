@@ -209,6 +209,16 @@ impl ContentChecker {
         }
     }
 
+    /// Takes the two octets of a CRLF at the start of `bytes` in one step, when no CR is
+    /// pending: the same effect as pushing both. Returns whether it did.
+    fn line_break(&mut self, bytes: &[u8]) -> bool {
+        if self.pending_cr || !bytes.starts_with(b"\r\n") {
+            return false;
+        }
+        self.end_line();
+        true
+    }
+
     /// Takes a run that [`Self::plain_run`] measured: the same effect as pushing each octet.
     fn push_plain(&mut self, run: &[u8]) {
         self.line_len = self.line_len.saturating_add(run.len());
@@ -227,8 +237,10 @@ impl ContentChecker {
         }
     }
 
+    /// Whether the piece must be handed out before the next step: a step adds at most two
+    /// octets (a CRLF), so a piece with less room than that is full.
     fn piece_full(&self) -> bool {
-        self.piece.len() >= MAX_PIECE
+        self.piece.len() + 2 > MAX_PIECE
     }
 
     fn take_piece(&mut self) -> Option<Vec<u8>> {
@@ -323,6 +335,9 @@ impl DataDecoder {
                 self.checker.push_plain(plain);
                 self.state = DotState::Text;
                 consumed += run;
+            } else if self.state == DotState::Text && self.checker.line_break(rest) {
+                self.state = DotState::LineStart;
+                consumed += 2;
             } else if let Some(&b) = rest.first() {
                 consumed += 1;
                 self.step(b);
@@ -444,6 +459,8 @@ impl BdatDecoder {
             if let Some(plain) = rest.get(..run).filter(|p| !p.is_empty()) {
                 self.checker.push_plain(plain);
                 consumed += run;
+            } else if self.checker.line_break(rest) {
+                consumed += 2;
             } else if let Some(&b) = rest.first() {
                 consumed += 1;
                 self.checker.push(b);
@@ -669,6 +686,36 @@ mod tests {
     }
 
     #[test]
+    fn a_line_break_across_the_piece_limit_stays_within_the_pieces() {
+        // 65 lines of 1000 octets, then 535 more: the next CRLF would end a piece one octet
+        // over the limit. `run` and `bdat` check every piece.
+        let mut content = Vec::new();
+        for _ in 0..65 {
+            content.extend_from_slice(&[b'y'; 998]);
+            content.extend_from_slice(b"\r\n");
+        }
+        content.extend_from_slice(&[b'y'; 535]);
+        content.extend_from_slice(b"\r\nlast\r\n");
+        let limits = DataLimits {
+            max_size: 1 << 20,
+            max_line: 1000,
+            ..limits()
+        };
+        let mut wire = content.clone();
+        wire.extend_from_slice(b".\r\n");
+        let (data, outcome, _) = run(limits.clone(), &[&wire]);
+        assert_eq!(
+            (data.as_slice(), outcome.as_deref()),
+            (content.as_slice(), Some("ok"))
+        );
+        let size = content.len() as u64;
+        assert_eq!(
+            bdat(limits, &[(&content, size)]),
+            (content.clone(), "ok".to_owned())
+        );
+    }
+
+    #[test]
     fn content_comes_in_bounded_pieces() {
         let mut input = Vec::new();
         for _ in 0..3000 {
@@ -692,6 +739,7 @@ mod tests {
             let mut input = bytes.to_vec();
             decoder.begin_chunk(*size);
             while let BdatEvent::Content(piece) = decoder.decode(&mut input) {
+                assert!(piece.len() <= MAX_PIECE);
                 content.extend(piece);
             }
         }
