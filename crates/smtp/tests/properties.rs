@@ -1,6 +1,7 @@
 //! Property tests (proptest) over the public API: the DATA decoder against a
-//! reference automaton and a reference of its content checks, stuffing round trips, the command parser and control
-//! characters, and a whole session on arbitrary bytes.
+//! reference automaton and against a reference of its content checks, stuffing
+//! round trips, the command parser and control characters, and a whole session
+//! on arbitrary bytes.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
