@@ -685,15 +685,18 @@ mod tests {
         assert_eq!(run(limits(), &bytes), whole);
     }
 
+    /// `count` lines of `len` plain octets, each ending in CRLF.
+    fn text_lines(count: usize, len: usize) -> Vec<u8> {
+        let mut line = vec![b'y'; len];
+        line.extend_from_slice(b"\r\n");
+        line.repeat(count)
+    }
+
     #[test]
     fn a_line_break_across_the_piece_limit_stays_within_the_pieces() {
         // 65 lines of 1000 octets, then 535 more: the next CRLF would end a piece one octet
         // over the limit. `run` and `bdat` check every piece.
-        let mut content = Vec::new();
-        for _ in 0..65 {
-            content.extend_from_slice(&[b'y'; 998]);
-            content.extend_from_slice(b"\r\n");
-        }
+        let mut content = text_lines(65, 998);
         content.extend_from_slice(&[b'y'; 535]);
         content.extend_from_slice(b"\r\nlast\r\n");
         let limits = DataLimits {
@@ -717,11 +720,7 @@ mod tests {
 
     #[test]
     fn content_comes_in_bounded_pieces() {
-        let mut input = Vec::new();
-        for _ in 0..3000 {
-            input.extend_from_slice(&[b'y'; 98]);
-            input.extend_from_slice(b"\r\n");
-        }
+        let mut input = text_lines(3000, 98);
         input.extend_from_slice(b".\r\n");
         let limits = DataLimits {
             max_size: 1 << 20,
