@@ -477,11 +477,28 @@ pub enum Content {
     Memory(std::io::Cursor<Vec<u8>>),
 }
 
-impl std::io::Read for Content {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+impl Content {
+    /// Appends up to `max` more octets to `out` and returns how many (0 at the end): straight
+    /// from the copy in memory, or with one read of the file into `out`'s new room, so that
+    /// no buffer in between is filled and copied again.
+    fn append_to(&mut self, out: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
         match self {
-            Content::File(file) => std::io::Read::read(file, buf),
-            Content::Memory(bytes) => std::io::Read::read(bytes, buf),
+            Content::Memory(cursor) => {
+                let bytes = cursor.get_ref();
+                let start =
+                    usize::try_from(cursor.position()).map_or(bytes.len(), |p| p.min(bytes.len()));
+                let end = start.saturating_add(max).min(bytes.len());
+                out.extend_from_slice(bytes.get(start..end).unwrap_or_default());
+                cursor.set_position(end as u64);
+                Ok(end - start)
+            }
+            Content::File(file) => {
+                let start = out.len();
+                out.resize(start.saturating_add(max), 0);
+                let read = std::io::Read::read(file, out.get_mut(start..).unwrap_or_default());
+                out.truncate(start + read.as_ref().map_or(0, |&n| n));
+                read
+            }
         }
     }
 }
@@ -493,9 +510,15 @@ fn take_content(content: &mut Option<Content>) -> Result<Content, DeliveryError>
         .ok_or(DeliveryError::Protocol("content sent twice".into()))
 }
 
-/// Reads the next piece of the content.
-fn read_piece(content: &mut Content, buf: &mut [u8]) -> Result<usize, DeliveryError> {
-    std::io::Read::read(content, buf).map_err(|e| DeliveryError::Spool(e.to_string()))
+/// Appends the next piece of the content, of at most `max` octets, to `out`.
+fn append_piece(
+    content: &mut Content,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<usize, DeliveryError> {
+    content
+        .append_to(out, max)
+        .map_err(|e| DeliveryError::Spool(e.to_string()))
 }
 
 /// Read size for content of `size` octets: all of it in one read (and the next read finds
@@ -513,11 +536,12 @@ async fn send_stuffed(
     size: u64,
 ) -> Result<(), DeliveryError> {
     let mut stuffer = DotStuffer::new();
-    let mut buf = vec![0u8; chunk_len(size)];
-    let mut out = Vec::with_capacity(buf.len() + buf.len() / 32 + 5);
+    let chunk = chunk_len(size);
+    let mut piece = Vec::with_capacity(chunk);
+    let mut out = Vec::with_capacity(chunk + chunk / 32 + 5);
     loop {
-        let n = read_piece(&mut file, &mut buf)?;
-        if n == 0 {
+        piece.clear();
+        if append_piece(&mut file, &mut piece, chunk)? == 0 {
             stuffer.finish(&mut out);
             return write_all(io, &out, "end of data").await;
         }
@@ -525,7 +549,7 @@ async fn send_stuffed(
             write_all(io, &out, "data").await?;
             out.clear();
         }
-        stuffer.push(buf.get(..n).unwrap_or_default(), &mut out);
+        stuffer.push(&piece, &mut out);
     }
 }
 
@@ -540,11 +564,11 @@ async fn send_raw(
     mut file: Content,
     size: u64,
 ) -> Result<(), DeliveryError> {
-    let mut buf = vec![0u8; chunk_len(size)];
+    let chunk = chunk_len(size);
     let mut out = commands;
     let mut read: u64 = 0;
     loop {
-        let n = read_piece(&mut file, &mut buf)?;
+        let n = append_piece(&mut file, &mut out, chunk)?;
         if n == 0 {
             break;
         }
@@ -552,7 +576,6 @@ async fn send_raw(
         if read > size {
             return Err(wrong_size(size, read));
         }
-        out.extend_from_slice(buf.get(..n).unwrap_or_default());
         write_all(io, &out, "BDAT").await?;
         out.clear();
     }
@@ -671,6 +694,25 @@ mod tests {
         let (writes, bytes) =
             sent(async |io| send_raw(io, command.clone(), memory(b""), 0).await).await;
         assert_eq!((writes, bytes), (1, command));
+    }
+
+    #[tokio::test]
+    async fn content_from_a_file_goes_out_as_from_memory() {
+        let large: Vec<u8> = b".0123456789abcdef\r\n".repeat(10_000);
+        let size = large.len() as u64;
+        let file = || {
+            let mut file = tempfile::tempfile().unwrap();
+            std::io::Write::write_all(&mut file, &large).unwrap();
+            std::io::Seek::rewind(&mut file).unwrap();
+            Content::File(file)
+        };
+        let (writes, bytes) = sent(async |io| send_stuffed(io, file(), size).await).await;
+        let expected = sent(async |io| send_stuffed(io, memory(&large), size).await).await;
+        assert_eq!((writes, &bytes), (expected.0, &expected.1));
+        assert!(writes > 1, "{writes}");
+        let command = b"BDAT 190000 LAST\r\n".to_vec();
+        let (_, bytes) = sent(async |io| send_raw(io, command.clone(), file(), size).await).await;
+        assert_eq!(bytes, [command.as_slice(), large.as_slice()].concat());
     }
 
     #[tokio::test]
