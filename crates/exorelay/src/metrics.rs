@@ -143,6 +143,11 @@ pub fn render(commits: &spool::CommitStats, waiting: usize) -> String {
             commits.filesystem_syncs,
         ),
         (
+            "exorelay_spool_journal_segment_switches_total",
+            "Full commit journal segments switched: by a checkpoint (one syncfs), or by carrying the live records forward without files or syncfs.",
+            commits.segment_switches,
+        ),
+        (
             "exorelay_spool_commit_messages_total",
             "Messages made durable by group commits.",
             commits.messages,
@@ -191,6 +196,7 @@ mod tests {
         assert!(text.contains("exorelay_spool_journal_syncs_total 0"));
         assert!(text.contains("exorelay_spool_filesystem_syncs_total 0"));
         assert!(text.contains("exorelay_spool_written_out_total 0"));
+        assert!(text.contains("exorelay_spool_journal_segment_switches_total 0"));
         assert!(text.contains("# TYPE exorelay_queue_waiting_messages gauge"));
         assert!(text.contains("\nexorelay_queue_waiting_messages 42\n"));
         assert!(

@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 
 use crate::disk::{self, Disk, ENV_EXT, Layout, MSG_EXT, RemoveOnDrop, Step};
 use crate::envelope::ENVELOPE_VERSION;
-use crate::journal::{JOURNAL_CONTENT_MAX, SharedJournal};
+use crate::journal::{JOURNAL_CONTENT_MAX, Journal, SharedJournal, Switch};
 use crate::recycle::{FreeFiles, Recycled};
 use crate::{Envelope, Error, QueueId};
 
@@ -265,6 +265,9 @@ pub struct CommitStats {
     pub journal_syncs: u64,
     /// `syncfs` calls: batches with a message too large for the journal, plus checkpoints.
     pub filesystem_syncs: u64,
+    /// Full journal segments switched: by a checkpoint (counted in `filesystem_syncs` too),
+    /// or by carrying the live records forward, without files or `syncfs`.
+    pub segment_switches: u64,
     /// Messages processed in those batches, committed or failed.
     pub messages: u64,
     /// The largest batch so far.
@@ -281,6 +284,7 @@ pub(crate) struct Stats {
     batches: AtomicU64,
     journal_syncs: AtomicU64,
     filesystem_syncs: AtomicU64,
+    segment_switches: AtomicU64,
     messages: AtomicU64,
     largest_batch: AtomicU64,
     failed: AtomicU64,
@@ -292,6 +296,7 @@ impl Stats {
             batches: self.batches.load(Ordering::Relaxed),
             journal_syncs: self.journal_syncs.load(Ordering::Relaxed),
             filesystem_syncs: self.filesystem_syncs.load(Ordering::Relaxed),
+            segment_switches: self.segment_switches.load(Ordering::Relaxed),
             messages: self.messages.load(Ordering::Relaxed),
             largest_batch: self.largest_batch.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
@@ -718,17 +723,25 @@ fn sync_batch(
     results
 }
 
-/// Checkpoints a full segment after a batch that was synced with `syncfs` (removals alone
+/// Switches a full segment after a batch that was synced with `syncfs` (removals alone
 /// would otherwise grow the segment without end); a failure only means a longer replay.
 fn checkpoint_if_full(disk: &Disk, journal: &SharedJournal, stats: &Stats) {
     let mut journal = journal.lock();
     if !journal.is_full() {
         return;
     }
-    stats.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = journal.checkpoint(disk) {
+    if let Err(e) = switch_segment(disk, &mut journal, stats) {
         tracing::warn!(error = %e, "journal checkpoint failed; trying again after the next batch");
     }
+}
+
+/// Switches the journal's full segment and counts how: a checkpoint runs a `syncfs`.
+fn switch_segment(disk: &Disk, journal: &mut Journal, stats: &Stats) -> Result<(), Error> {
+    stats.segment_switches.fetch_add(1, Ordering::Relaxed);
+    if journal.switch_segment(disk)? == Switch::Checkpoint {
+        stats.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// Appends the records of the batch's messages kept in memory to the journal —
@@ -754,8 +767,7 @@ fn journal_batch(
     let (segment, places) = {
         let mut journal = journal.lock();
         if journal.is_full() {
-            stats.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
-            journal.checkpoint(disk)?;
+            switch_segment(disk, &mut journal, stats)?;
         }
         journal.append_committed(disk, &messages)?
     };

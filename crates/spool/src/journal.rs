@@ -34,11 +34,19 @@
 //! sync of its own (at worst it is delivered again); a refused or withdrawn commit's is
 //! synced. The journal is shared for this between the committer and the spool's removals.
 //!
-//! **Checkpoint.** When the active segment is full, and at a clean close, the committer
-//! writes out every message still held in the journal alone, runs one `syncfs` — now every
-//! message file and removal so far is on disk — and starts the next generation in the other
-//! segment, whose old records then no longer count (their generation is older). A clean stop
-//! therefore leaves every queued message in files.
+//! **Checkpoint.** At a clean close, and when the active segment is full while message files
+//! depend on its records, the committer writes out every message still held in the journal
+//! alone, runs one `syncfs` — now every message file and removal so far is on disk — and
+//! starts the next generation in the other segment, whose old records then no longer count
+//! (their generation is older). A clean stop therefore leaves every queued message in files.
+//!
+//! **Carrying forward.** When the segment is full but no file was written out of the journal
+//! and no message with files was removed since the last `syncfs` — the usual case for a
+//! relay whose mail leaves at the first attempt — nothing on disk depends on the old records
+//! but the live messages' own. The committer then copies those records (as long as they
+//! fill at most half a segment) into the other segment, syncs them, and only then writes and
+//! syncs its new header: no file is created and the file system, which other programs may
+//! have filled with dirty data, is not synced. Measured in docs/PERFORMANCE.md (session 8).
 //!
 //! **Replay** (at open, before anything else): the records of the active segment are read up
 //! to the first one that is torn, from another generation or fails its CRC. Every committed
@@ -313,6 +321,15 @@ pub(crate) struct RecordPlace {
     len: usize,
 }
 
+/// How a full segment was switched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Switch {
+    /// Live messages written out to files and the file system synced (`syncfs`).
+    Checkpoint,
+    /// Live records copied into the next generation; no file written, no `syncfs`.
+    CarriedForward,
+}
+
 /// The open journal, shared by the committer (records of new messages, checkpoints) and the
 /// spool's removals, which log themselves before a message's files leave `queue/`.
 #[derive(Debug)]
@@ -343,7 +360,9 @@ impl SharedJournal {
             let mut journal = self.lock();
             let mut records = Vec::with_capacity(ids.len() * REMOVED_RECORD_LEN);
             for &id in ids {
-                journal.unwritten.remove(&id);
+                if journal.unwritten.remove(&id).is_none() {
+                    journal.files_since_sync = true;
+                }
                 encode_removed(&mut records, journal.generation, id);
             }
             journal.append(disk, &records)?
@@ -419,6 +438,11 @@ pub(crate) struct Journal {
     /// Messages durable only as records in the active segment (no files yet), and where
     /// their records are.
     unwritten: HashMap<QueueId, RecordPlace>,
+    /// Whether message files were written out of the journal, or a message with files was
+    /// logged as removed, since the file system was last synced. Those files and removals are
+    /// only safe while their records count, so the next segment switch must sync the file
+    /// system rather than carry the live records forward.
+    files_since_sync: bool,
     /// Messages written out of the journal into `queue/` so far.
     written_out: u64,
 }
@@ -471,6 +495,7 @@ impl Journal {
             offset: 0,
             segment_size: segment_size.max(HEADER_LEN as u64),
             unwritten: HashMap::new(),
+            files_since_sync: false,
             written_out: 0,
         };
         journal.start_next_generation(disk)?;
@@ -544,6 +569,7 @@ impl Journal {
         };
         let segment = &self.segments[self.active];
         let (envelope, content) = segment.read_committed(place)?;
+        self.files_since_sync = true;
         write_files(disk, id, &envelope, &content, sync)?;
         self.unwritten.remove(&id);
         self.written_out += 1;
@@ -573,7 +599,65 @@ impl Journal {
             self.write_out(disk, id, SyncContent::Later)?;
         }
         disk.sync_filesystem(&disk.layout.queue)?;
-        self.start_next_generation(disk)
+        self.start_next_generation(disk)?;
+        self.files_since_sync = false;
+        Ok(())
+    }
+
+    /// Switches a full segment: carries the live records forward into the next generation
+    /// (see [`Journal::carry_forward`]) when nothing since the last `syncfs` depends on the
+    /// old records but those, and they fill at most half a segment; otherwise checkpoints.
+    /// Returns how it did it. The same failure rule as for [`Journal::checkpoint`] applies.
+    pub(crate) fn switch_segment(&mut self, disk: &Disk) -> Result<Switch, Error> {
+        let live: u64 = self.unwritten.values().map(|place| place.len as u64).sum();
+        if self.files_since_sync || live > self.segment_size / 2 {
+            self.checkpoint(disk)?;
+            Ok(Switch::Checkpoint)
+        } else {
+            self.carry_forward(disk)?;
+            Ok(Switch::CarriedForward)
+        }
+    }
+
+    /// Starts the next generation in the other segment with a copy of the record of every
+    /// message still held in the journal alone, without writing any file or syncing the file
+    /// system. The copies are written and synced (`fdatasync`) before the new header, so
+    /// until the header is on disk the old generation stays the one replayed, and after it
+    /// the new one holds every live message.
+    fn carry_forward(&mut self, disk: &Disk) -> Result<(), Error> {
+        let next = 1 - self.active;
+        let generation = self.generation + 1;
+        let mut records = Vec::new();
+        let mut places = HashMap::with_capacity(self.unwritten.len());
+        for (&id, &place) in &self.unwritten {
+            let (envelope, content) = self.segments[self.active].read_committed(place)?;
+            let start = records.len();
+            encode_committed(&mut records, generation, id, &envelope, &content);
+            let offset = (HEADER_LEN + start) as u64;
+            places.insert(
+                id,
+                RecordPlace {
+                    offset,
+                    len: records.len() - start,
+                },
+            );
+        }
+        let end = HEADER_LEN as u64 + records.len() as u64;
+        self.prepare(disk, next, end)?;
+        let segment = Arc::clone(&self.segments[next]);
+        if !records.is_empty() {
+            segment
+                .file
+                .write_all_at(&records, HEADER_LEN as u64)
+                .map_err(|e| Error::io("write", &segment.path, e))?;
+            segment.sync_data(disk)?;
+        }
+        segment.write_synced(disk, &encode_segment_header(generation), 0)?;
+        self.active = next;
+        self.generation = generation;
+        self.offset = end;
+        self.unwritten = places;
+        Ok(())
     }
 
     /// Makes sure the first `end` bytes of segment `index` are prepared, growing it to the

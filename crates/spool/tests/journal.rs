@@ -233,6 +233,96 @@ fn a_full_segment_is_checkpointed_and_only_the_current_generation_is_replayed() 
     assert_eq!(report.queued.len(), 39);
 }
 
+/// Small segments, messages removed as soon as they are committed (delivered at once) but
+/// every `keep`th: returns the kept ones, oldest first.
+fn relay_through(spool: &Spool, messages: usize, keep: usize) -> Vec<Envelope> {
+    let body = vec![b'z'; 2 * 1024];
+    let mut kept = Vec::new();
+    for i in 0..messages {
+        let message = commit(spool, &body);
+        if i % keep == 0 {
+            kept.push(message);
+        } else {
+            assert!(spool.try_remove_unwritten(message.id));
+        }
+    }
+    kept
+}
+
+fn small_segments() -> SpoolOptions {
+    SpoolOptions {
+        journal_segment: 64 * 1024,
+        ..durable()
+    }
+}
+
+#[test]
+fn a_full_segment_carries_its_live_messages_forward_without_files_or_syncfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), small_segments()).unwrap();
+    // ~2 KiB records in 64 KiB segments: a switch every ~30 messages, 4 of them kept.
+    let kept = relay_through(&spool, 120, 30);
+    let stats = spool.commit_stats();
+    assert!(stats.segment_switches >= 3, "{stats:?}");
+    assert_eq!(
+        (stats.filesystem_syncs, stats.written_out),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert!(kept.iter().all(|m| !has_files(dir.path(), m.id)));
+    // The oldest kept message was carried through every switch.
+    assert_eq!(
+        spool.read_unwritten(kept[0].id).unwrap(),
+        Some(vec![b'z'; 2 * 1024])
+    );
+    let image = support::crash_image(dir.path());
+    drop(spool);
+
+    let (_spool, report) = Spool::open(image.path(), small_segments()).unwrap();
+    let mut expected: Vec<QueueId> = kept.iter().map(|m| m.id).collect();
+    expected.sort();
+    let mut restored = report.restored_from_journal.clone();
+    restored.sort();
+    assert_eq!(restored, expected);
+    assert_eq!(queued_ids(&report), expected);
+}
+
+#[test]
+fn a_removal_of_a_message_with_files_makes_the_next_switch_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), small_segments()).unwrap();
+    let large = commit(&spool, &vec![b'x'; 200 * 1024]);
+    assert_eq!(spool.commit_stats().filesystem_syncs, 1);
+    // Its unlinks are durable only once the file system is synced; until then its removal
+    // record must keep counting.
+    spool.remove(large.id).unwrap();
+    let kept = relay_through(&spool, 40, 20);
+    let stats = spool.commit_stats();
+    assert_eq!(
+        (stats.segment_switches, stats.filesystem_syncs),
+        (1, 2),
+        "{stats:?}"
+    );
+    // The checkpoint wrote the message kept before it out.
+    assert!(has_files(dir.path(), kept[0].id));
+    // With nothing more on files, the next switch carries forward.
+    let more = relay_through(&spool, 40, 20);
+    let stats = spool.commit_stats();
+    assert_eq!(
+        (stats.segment_switches, stats.filesystem_syncs),
+        (2, 2),
+        "{stats:?}"
+    );
+    assert!(more.iter().all(|m| !has_files(dir.path(), m.id)));
+    let image = support::crash_image(dir.path());
+    drop(spool);
+
+    let (_spool, report) = Spool::open(image.path(), small_segments()).unwrap();
+    let mut expected: Vec<QueueId> = kept.iter().chain(&more).map(|m| m.id).collect();
+    expected.sort();
+    assert_eq!(queued_ids(&report), expected);
+}
+
 #[test]
 fn opening_without_sync_replays_then_removes_the_journal() {
     let dir = tempfile::tempdir().unwrap();
