@@ -443,6 +443,10 @@ pub(crate) struct Journal {
     /// only safe while their records count, so the next segment switch must sync the file
     /// system rather than carry the live records forward.
     files_since_sync: bool,
+    /// The highest generation written to either segment, by a header or by records carried
+    /// forward in a switch that failed or was cut short: every new generation is above it, so
+    /// such records never match the header of the segment they were left in.
+    highest_generation: u64,
     /// Messages written out of the journal into `queue/` so far.
     written_out: u64,
 }
@@ -471,6 +475,10 @@ impl Journal {
             generations,
             records,
         } = read_segments(dir)?;
+        let left_behind = [
+            first_record_generation(&paths[0])?,
+            first_record_generation(&paths[1])?,
+        ];
         let (had_messages, replay) = replay(disk, &records)?;
         // The files of the replayed messages — restored, or found intact, perhaps only in the
         // page cache after a kill — must be on disk before their records stop counting.
@@ -487,6 +495,7 @@ impl Journal {
         let segments = [open_segment(first)?, open_segment(second)?];
         let prepared = [file_len(&segments[0])?, file_len(&segments[1])?];
         let newest = generations[0].max(generations[1]).unwrap_or(0);
+        let highest = left_behind.into_iter().flatten().fold(newest, u64::max);
         let mut journal = Journal {
             segments: segments.map(Arc::new),
             prepared,
@@ -496,6 +505,7 @@ impl Journal {
             segment_size: segment_size.max(HEADER_LEN as u64),
             unwritten: HashMap::new(),
             files_since_sync: false,
+            highest_generation: highest,
             written_out: 0,
         };
         journal.start_next_generation(disk)?;
@@ -612,10 +622,16 @@ impl Journal {
         let live: u64 = self.unwritten.values().map(|place| place.len as u64).sum();
         if self.files_since_sync || live > self.segment_size / 2 {
             self.checkpoint(disk)?;
-            Ok(Switch::Checkpoint)
-        } else {
-            self.carry_forward(disk)?;
-            Ok(Switch::CarriedForward)
+            return Ok(Switch::Checkpoint);
+        }
+        match self.carry_forward(disk) {
+            Ok(()) => Ok(Switch::CarriedForward),
+            Err(error) => {
+                // Its header may still reach the disk and make the copies the ones replayed:
+                // the next attempt writes every live message to files first.
+                self.files_since_sync = true;
+                Err(error)
+            }
         }
     }
 
@@ -626,7 +642,7 @@ impl Journal {
     /// the new one holds every live message.
     fn carry_forward(&mut self, disk: &Disk) -> Result<(), Error> {
         let next = 1 - self.active;
-        let generation = self.generation + 1;
+        let generation = self.new_generation();
         let mut records = Vec::new();
         let mut places = HashMap::with_capacity(self.unwritten.len());
         for (&id, &place) in &self.unwritten {
@@ -685,9 +701,15 @@ impl Journal {
         }
     }
 
+    /// A generation above every one written so far, reserved for the next switch.
+    fn new_generation(&mut self) -> u64 {
+        self.highest_generation = self.highest_generation.saturating_add(1);
+        self.highest_generation
+    }
+
     fn start_next_generation(&mut self, disk: &Disk) -> Result<(), Error> {
         let next = 1 - self.active;
-        let generation = self.generation + 1;
+        let generation = self.new_generation();
         let header = encode_segment_header(generation);
         self.segments[next].write_synced(disk, &header, 0)?;
         self.prepared[next] = self.prepared[next].max(HEADER_LEN as u64);
@@ -779,6 +801,23 @@ fn read_records(path: &Path) -> Result<Vec<u8>, Error> {
 }
 
 /// A record header's magic, generation and payload length.
+/// The generation of the record right after the header of the segment at `path`, when one
+/// with a valid magic starts there. Records carried forward by a switch that failed or was
+/// cut short before its header may have a generation above every header's.
+fn first_record_generation(path: &Path) -> Result<Option<u64>, Error> {
+    let Some(file) = open_if_present(path)? else {
+        return Ok(None);
+    };
+    let mut record = [0u8; HEADER_LEN];
+    match file.read_exact_at(&mut record, HEADER_LEN as u64) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(Error::io("read", path, e)),
+    }
+    let (magic, generation, _) = header_fields(&record);
+    Ok((magic == MAGIC).then_some(generation))
+}
+
 fn header_fields(header: &[u8; HEADER_LEN]) -> ([u8; 4], u64, u32) {
     let mut magic = [0u8; 4];
     let mut generation = [0u8; 8];

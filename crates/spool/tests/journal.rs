@@ -323,6 +323,55 @@ fn a_removal_of_a_message_with_files_makes_the_next_switch_a_checkpoint() {
     assert_eq!(queued_ids(&report), expected);
 }
 
+/// Fails the sync of the next segment header once armed.
+#[derive(Debug, Default)]
+struct FailHeaderOnce(std::sync::atomic::AtomicBool);
+
+impl FaultInjector for FailHeaderOnce {
+    fn before(&self, step: Step<'_>) -> std::io::Result<()> {
+        let armed = matches!(step, Step::PrepareJournal(_))
+            && self.0.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if armed {
+            return Err(std::io::Error::other("injected header sync failure"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_carry_forward_is_followed_by_a_checkpoint_that_revives_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = Arc::new(FailHeaderOnce::default());
+    let (spool, _) = Spool::open_with_faults(dir.path(), small_segments(), fault.clone()).unwrap();
+    fault.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let body = vec![b'z'; 2 * 1024];
+    let (mut kept, mut refused) = (Vec::new(), 0);
+    for i in 0..150 {
+        // The batch whose switch failed is refused (451); its header write may still reach
+        // the disk, with the carried copies behind it.
+        let Ok(message) = support::try_store(&spool, &body, 1) else {
+            refused += 1;
+            continue;
+        };
+        if i % 30 == 0 {
+            kept.push(message.id);
+        } else {
+            spool.remove(message.id).unwrap();
+        }
+    }
+    assert_eq!(refused, 1);
+    let stats = spool.commit_stats();
+    // The retry after the failure was a checkpoint; later switches carried forward again.
+    assert!(stats.filesystem_syncs >= 1, "{stats:?}");
+    assert!(stats.segment_switches > stats.filesystem_syncs + 1, "{stats:?}");
+    let image = support::crash_image(dir.path());
+    drop(spool);
+
+    let (_spool, report) = Spool::open(image.path(), small_segments()).unwrap();
+    kept.sort();
+    assert_eq!(queued_ids(&report), kept);
+}
+
 #[test]
 fn opening_without_sync_replays_then_removes_the_journal() {
     let dir = tempfile::tempdir().unwrap();

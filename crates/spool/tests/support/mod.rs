@@ -11,6 +11,16 @@ use spool::{Envelope, Recipient, RecipientState, Spool};
 /// Commits `content` as a new message with `recipients` recipients and returns its envelope.
 #[allow(dead_code)] // not every test file uses every helper
 pub fn store(spool: &Spool, content: &[u8], recipients: usize) -> Envelope {
+    try_store(spool, content, recipients).unwrap()
+}
+
+/// [`store`], but a failed commit is returned rather than a panic.
+#[allow(dead_code)] // not every test file uses every helper
+pub fn try_store(
+    spool: &Spool,
+    content: &[u8],
+    recipients: usize,
+) -> Result<Envelope, spool::Error> {
     let mut writer = spool.create().unwrap();
     writer.write_all(content).unwrap();
     let mut envelope = Envelope::new(writer.id(), 1_800_000_000);
@@ -28,9 +38,7 @@ pub fn store(spool: &Spool, content: &[u8], recipients: usize) -> Envelope {
     spool
         .commit(writer, envelope)
         .wait()
-        .unwrap()
-        .envelope()
-        .clone()
+        .map(|committed| committed.envelope().clone())
 }
 
 /// A copy of the spool at `dir` as it is on disk right now, as a crash would leave it.
