@@ -495,7 +495,13 @@ impl Journal {
         let segments = [open_segment(first)?, open_segment(second)?];
         let prepared = [file_len(&segments[0])?, file_len(&segments[1])?];
         let newest = generations[0].max(generations[1]).unwrap_or(0);
-        let highest = left_behind.into_iter().flatten().fold(newest, u64::max);
+        // A generation far above the newest header is damage, not a switch left half done.
+        let plausible = newest.saturating_add(1 << 32);
+        let highest = left_behind
+            .into_iter()
+            .flatten()
+            .filter(|&generation| generation <= plausible)
+            .fold(newest, u64::max);
         let mut journal = Journal {
             segments: segments.map(Arc::new),
             prepared,
@@ -800,7 +806,6 @@ fn read_records(path: &Path) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
-/// A record header's magic, generation and payload length.
 /// The generation of the record right after the header of the segment at `path`, when one
 /// with a valid magic starts there. Records carried forward by a switch that failed or was
 /// cut short before its header may have a generation above every header's.
@@ -818,6 +823,7 @@ fn first_record_generation(path: &Path) -> Result<Option<u64>, Error> {
     Ok((magic == MAGIC).then_some(generation))
 }
 
+/// A record header's magic, generation and payload length.
 fn header_fields(header: &[u8; HEADER_LEN]) -> ([u8; 4], u64, u32) {
     let mut magic = [0u8; 4];
     let mut generation = [0u8; 8];

@@ -363,7 +363,10 @@ fn a_failed_carry_forward_is_followed_by_a_checkpoint_that_revives_nothing() {
     let stats = spool.commit_stats();
     // The retry after the failure was a checkpoint; later switches carried forward again.
     assert!(stats.filesystem_syncs >= 1, "{stats:?}");
-    assert!(stats.segment_switches > stats.filesystem_syncs + 1, "{stats:?}");
+    assert!(
+        stats.segment_switches > stats.filesystem_syncs + 1,
+        "{stats:?}"
+    );
     let image = support::crash_image(dir.path());
     drop(spool);
 
