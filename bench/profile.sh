@@ -3,12 +3,14 @@
 # CPU times from /proc, a `perf record -g` call graph (software cpu-clock event: this also works
 # in VMs without hardware counters), and syscall counts with `strace -c -f` (a separate run:
 # strace slows the daemon, but the counts per message are what matter), then messages per
-# group commit sync from the daemon's own counters (`exorelay queue metrics`). Output in $OUT.
+# group commit sync from the daemon's own counters (`exorelay queue metrics`) at 10 and 50
+# sessions, with a connection per message and with connection reuse. Output in $OUT.
 #
 #   bench/profile.sh [MESSAGES]        (default 3000; run bench/relay-vs-postfix.sh once first)
 #
-# Environment: OUT (output directory), FLAGS (extra smtp-source flags, e.g. FLAGS=-d for
-# connection reuse), PERF_ONLY=1 (stop after the perf step).
+# Environment: OUT (output directory), FLAGS (extra smtp-source flags for steps 1 and 2, e.g.
+# FLAGS=-d for connection reuse), PERF_ONLY=1 (stop after the perf step), BATCH_ONLY=1 (run
+# only step 3, the group commit count).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-3000}
@@ -57,6 +59,7 @@ wait_sink() { # $1: messages expected in total
 
 total=0
 # 1. CPU time and perf call graph.
+profile_cpu() {
 start_relay "$OUT/run-perf"
 perf record -F 1999 -e cpu-clock -g --call-graph dwarf,16384 -p $RELAY -o "$OUT/perf.data" 2> "$OUT/perf-record.log" &
 PERF=$!
@@ -80,9 +83,10 @@ cat "$OUT/cpu.txt"
 perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -v "^$" | head -150 > "$OUT/perf-flat.txt" || true
 perf report -i "$OUT/perf.data" --children --sort symbol --stdio -g none 2>/dev/null \
   | grep -E "^ +[0-9]" | sed -E 's/ +-  +- *$//; s/ {2,}/  /g' | grep -vE "inlined\)$" | head -200 > "$OUT/perf-children.txt" || true
-[ -n "${PERF_ONLY:-}" ] && exit 0
+}
 
 # 2. Syscalls (strace -c -f), including fsync/fdatasync counts against messages.
+count_syscalls() {
 start_relay "$OUT/run-strace"
 strace -c -f -o "$OUT/strace.txt" -p $RELAY &
 STRACE=$!
@@ -92,24 +96,40 @@ total=$((total + 1000)); wait_sink $total
 kill -INT $STRACE; wait $STRACE || true
 kill $RELAY; wait $RELAY || true
 head -40 "$OUT/strace.txt"
+}
 
-# 3. Group commit, from the daemon's own counters (no tracing) at 10 and 50 sessions: each
+# 3. Group commit, from the daemon's own counters (no tracing) at 10 and 50 sessions, with a
+#    connection per message and with connection reuse (smtp-source -d): each
 #    group commit is made durable by one fdatasync of the commit journal (small messages) or
 #    one syncfs (a message too large for the journal; also journal checkpoints), so
 #    messages / (journal syncs + syncfs) = messages per sync.
-metric() { # $1: metric name; reads "$OUT/metrics-$S.txt"
-  awk -v m="$1" '$1==m {print $2}' "$OUT/metrics-$S.txt"
+metric() { # $1: metric name; reads "$OUT/metrics-$LOAD.txt"
+  awk -v m="$1" '$1==m {print $2}' "$OUT/metrics-$LOAD.txt"
 }
+count_group_commits() {
+for REUSE in "" -d; do
 for S in 10 50; do
-  start_relay "$OUT/run-batch$S"
-  /usr/sbin/smtp-source -s $S -m "$N" -l 1024 -M client.bench -f from@contoso.com -t to@example.net 127.0.0.1:$PORT
+  LOAD=$S${REUSE:+-reuse}
+  start_relay "$OUT/run-batch$LOAD"
+  /usr/sbin/smtp-source $REUSE -s $S -m "$N" -l 1024 -M client.bench -f from@contoso.com -t to@example.net 127.0.0.1:$PORT
   total=$((total + N)); wait_sink $total
-  (cd "$OUT/run-batch$S" && "$BIN" queue metrics --config relay.toml) > "$OUT/metrics-$S.txt"
+  (cd "$OUT/run-batch$LOAD" && "$BIN" queue metrics --config relay.toml) > "$OUT/metrics-$LOAD.txt"
   kill $RELAY; wait $RELAY || true
   msgs=$(metric exorelay_spool_commit_messages_total)
   journal=$(metric exorelay_spool_journal_syncs_total)
   syncfs=$(metric exorelay_spool_filesystem_syncs_total)
   written=$(metric exorelay_spool_written_out_total)
-  echo "group commit, $S sessions: ${msgs:-0} messages committed, ${journal:-0} journal fdatasyncs, ${syncfs:-0} syncfs: $(python3 -c "print(f'{${msgs:-0}/max(1,${journal:-0}+${syncfs:-0}):.1f}')") messages per sync; ${written:-0} written out of the journal into files" | tee -a "$OUT/batches.txt"
+  echo "group commit, $S sessions${REUSE:+ with connection reuse}: ${msgs:-0} messages committed, ${journal:-0} journal fdatasyncs, ${syncfs:-0} syncfs: $(python3 -c "print(f'{${msgs:-0}/max(1,${journal:-0}+${syncfs:-0}):.1f}')") messages per sync; ${written:-0} written out of the journal into files" | tee -a "$OUT/batches.txt"
 done
+done
+}
+
+if [ -n "${BATCH_ONLY:-}" ]; then
+  count_group_commits
+else
+  profile_cpu
+  [ -n "${PERF_ONLY:-}" ] && exit 0
+  count_syscalls
+  count_group_commits
+fi
 echo "profile output in $OUT"
